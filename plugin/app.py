@@ -1,0 +1,118 @@
+"""The composition root: ``create_app`` wires settings, database, adapters and blueprints."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from plugin.crypto import SecretBox
+from plugin.db import Database
+from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
+from plugin.saleor import client as saleor_client
+from plugin.services.merchant import MerchantSettings, SettingsStore
+from plugin.services.sync import SyncDeps
+from plugin.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything the blueprints and the worker use; tests replace single fields."""
+
+    settings: Settings
+    db: Database
+    box: SecretBox
+    store: SettingsStore
+    fetch_jwks: Callable[[str], str] = saleor_client.fetch_jwks
+    fetch_app_id: Callable[[str, str], str] = saleor_client.fetch_app_id
+    saleor_for: Callable[[str, str], Any] | None = None
+    klarna_for: Callable[[MerchantSettings], Any] | None = None
+    _clients: dict[Any, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        box = SecretBox(settings.secret_keys)
+        services = cls(settings=settings, db=Database(settings.database_url), box=box, store=SettingsStore(box))
+        services.saleor_for = services._saleor_client
+        services.klarna_for = services._klarna_client
+        return services
+
+    def _saleor_client(self, saleor_api_url: str, token: str) -> Any:
+        key = ("saleor", threading.get_ident(), saleor_api_url, token)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = saleor_client.SaleorClient(saleor_api_url, token)
+            return self._clients[key]
+
+    def _klarna_client(self, merchant: MerchantSettings) -> KlarnaOrdersClient:
+        url = base_url(merchant.region, merchant.environment, self.settings.klarna_base_url)
+        key = ("klarna", url, merchant.username, merchant.password)
+        with self._lock:
+            if key not in self._clients:
+                # One client (pool, rate limiter) per merchant credentials: Klarna limits per merchant.
+                limiter = RateLimiter(self.settings.klarna_rate_per_second, max(1, int(self.settings.klarna_rate_per_second)))
+                self._clients[key] = KlarnaOrdersClient(
+                    url, merchant.username, merchant.password or "", rate_limiter=limiter,
+                    timeout=(3.05, self.settings.http_timeout),
+                )  # fmt: skip
+            return self._clients[key]
+
+    def sync_deps(self) -> SyncDeps:
+        assert self.saleor_for is not None and self.klarna_for is not None
+        return SyncDeps(
+            db=self.db, store=self.store, box=self.box, saleor_for=self.saleor_for, klarna_for=self.klarna_for,
+            lease_seconds=self.settings.job_lease_seconds, max_attempts=self.settings.max_attempts,
+        )  # fmt: skip
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Flask:
+    """Build the Flask app. ``settings`` default to the environment; ``services`` to real adapters."""
+    if services is None:
+        settings = settings or Settings.from_env()
+        services = Services.build(settings)
+    settings = services.settings
+    logging.getLogger("plugin").setLevel(settings.log_level)
+    settings.log_warnings(logger)
+
+    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SETTINGS"] = settings
+    app.extensions["klarna_om"] = services
+
+    from dashboard_ext import bp as dashboard_bp
+    from webhooks import bp as webhooks_bp
+
+    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(dashboard_bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        code = (exc.name or "error").upper().replace(" ", "_")
+        return jsonify(error={"type": code, "message": exc.description}), exc.code
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
+    def _database_down(exc: Exception):  # type: ignore[no-untyped-def]
+        logger.error("database unavailable", extra={"error": exc.__class__.__name__})
+        response = jsonify(error={"type": "DATABASE_UNAVAILABLE", "message": "The database is unavailable; retry later."})
+        response.headers["Retry-After"] = "10"
+        return response, 503
+
+    @app.get("/healthz")
+    def healthz():  # type: ignore[no-untyped-def]
+        return jsonify(ok=True)
+
+    return app
+
+
+def services_of(app: Flask) -> Services:
+    return app.extensions["klarna_om"]  # type: ignore[no-any-return]

@@ -1,0 +1,241 @@
+"""The ``klarna-om`` command line: serve, worker, db, settings, ops, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from datetime import timezone
+
+import click
+from sqlalchemy import select
+
+from plugin.app import Services, create_app
+from plugin.db import NotMigratedError
+from plugin.db.models import Installation, Operation, ProcessException, utcnow
+from plugin.services import queue
+from plugin.services.merchant import SettingsInvalid, validate
+from plugin.settings import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _services(*, require_migrated: bool = True) -> Services:
+    services = Services.build(_settings())
+    if require_migrated:
+        try:
+            services.db.check_migrated()
+        except NotMigratedError as exc:
+            raise click.ClickException(str(exc)) from None
+    return services
+
+
+def _setup_logging(level: str) -> None:
+    from plugin.logs import configure
+
+    configure(level)
+
+
+@click.group()
+def main() -> None:
+    """Klarna Order Management for Saleor."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--migrate/--no-migrate", default=None, help="Migrate first (default: only on the embedded SQLite database).")
+@click.option("--worker/--no-worker", "with_worker", default=None, help="Run a worker in-process (default: KLARNA_APP_IN_PROCESS_WORKER, on).")
+def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) -> None:
+    """Serve the app (development server) with an in-process worker."""
+    from werkzeug.serving import make_server
+
+    from plugin.worker import Worker
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    services = Services.build(settings)
+    embedded = settings.database_url.startswith("sqlite") and "DATABASE_URL" not in __import__("os").environ
+    if migrate if migrate is not None else embedded:
+        services.db.upgrade()
+    try:
+        services.db.check_migrated()
+    except NotMigratedError as exc:
+        raise click.ClickException(str(exc)) from None
+    app = create_app(services=services)
+    worker = None
+    if with_worker if with_worker is not None else settings.worker_in_process:
+        worker = Worker(services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds)
+        app.extensions["klarna_om_worker"] = worker
+        worker.start_thread()
+    server = make_server(host, port, app, threaded=True)
+    click.echo(f"Klarna OM serving on http://{host}:{port} (manifest: {settings.public_base}/api/manifest)")
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if worker is not None:
+            worker.stop()
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=None, help="Jobs run at once (default KLARNA_APP_WORKER_CONCURRENCY).")
+def worker(concurrency: int | None) -> None:
+    """Run a worker process: claims sync-order jobs from the shared database."""
+    from plugin.worker import Worker
+
+    services = _services()
+    _setup_logging(services.settings.log_level)
+    w = Worker(services.sync_deps(), concurrency=concurrency or services.settings.worker_concurrency, retry_base=services.settings.retry_base_seconds)
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signal.signal(signal.SIGINT, lambda *_: w.stop())
+    click.echo(f"worker {w.owner} started")
+    w.run()
+    click.echo(f"worker {w.owner} stopped")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database to REVISION (default: head)."""
+    services = _services(require_migrated=False)
+    services.db.upgrade(revision)
+    click.echo(f"database at {services.db.current_revision()}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's revision and the code's head."""
+    services = _services(require_migrated=False)
+    click.echo(f"current {services.db.current_revision()} head {services.db.head_revision()}")
+
+
+def _installation(session, saleor_api_url: str | None) -> Installation:  # type: ignore[no-untyped-def]
+    rows = session.scalars(select(Installation)).all()
+    if saleor_api_url:
+        rows = [r for r in rows if r.saleor_api_url == saleor_api_url]
+    if len(rows) != 1:
+        urls = ", ".join(r.saleor_api_url for r in rows) or "none"
+        raise click.ClickException(f"pick one installation with --saleor-api-url (installed: {urls})")
+    return rows[0]
+
+
+@main.group("settings")
+def settings_group() -> None:
+    """Merchant settings per channel (the settings page's data)."""
+
+
+@settings_group.command("export")
+@click.option("--saleor-api-url", default=None)
+def settings_export(saleor_api_url: str | None) -> None:
+    """Print the settings as JSON; passwords are left out."""
+    services = _services()
+    with services.db.transaction() as session:
+        inst = _installation(session, saleor_api_url)
+        doc = {"saleor_api_url": inst.saleor_api_url, "channels": [s.public() for s in services.store.all(session, inst.saleor_api_url)]}
+    click.echo(json.dumps(doc, indent=2))
+
+
+@settings_group.command("import")
+@click.argument("file", type=click.File("r"))
+@click.option("--saleor-api-url", default=None)
+def settings_import(file, saleor_api_url: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Validate and store settings from FILE (the export format, passwords optional)."""
+    try:
+        doc = json.load(file)
+    except ValueError as exc:
+        raise click.ClickException(f"not JSON: {exc}") from None
+    channels = doc.get("channels") if isinstance(doc, dict) else None
+    if not isinstance(channels, list):
+        raise click.ClickException('expected {"channels": [...]}')
+    services = _services()
+    with services.db.transaction() as session:
+        inst = _installation(session, saleor_api_url or doc.get("saleor_api_url"))
+        parsed = []
+        for index, channel in enumerate(channels):
+            existing = services.store.get_exact(session, inst.saleor_api_url, channel.get("channel", "*")) if isinstance(channel, dict) else None
+            try:
+                parsed.append(validate({k: v for k, v in channel.items() if k != "password_set"}, existing=existing))
+            except SettingsInvalid as exc:
+                raise click.ClickException(f"channels[{index}]: {exc}") from None
+            except AttributeError:
+                raise click.ClickException(f"channels[{index}]: expected an object") from None
+        for merchant in parsed:
+            services.store.save(session, inst.saleor_api_url, merchant)
+    click.echo(f"stored settings for {len(parsed)} channel(s)")
+
+
+@main.group()
+def ops() -> None:
+    """Operations ledger and process exceptions."""
+
+
+@ops.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include retried and dismissed exceptions.")
+def ops_list(show_all: bool) -> None:
+    """List process exceptions (open ones by default) and the jobs queue."""
+    services = _services()
+    with services.db.transaction() as session:
+        query = select(ProcessException).order_by(ProcessException.id)
+        if not show_all:
+            query = query.where(ProcessException.state == "open")
+        rows = session.scalars(query).all()
+        for row in rows:
+            click.echo(f"#{row.id} [{row.state}] {row.created_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} order {row.order_id} {row.error_code}: {row.message}")
+        counts = queue.counts(session)
+    click.echo(f"{len(rows)} exception(s); jobs queued {counts['queued']}, running {counts['running']}")
+
+
+@ops.command("retry")
+@click.argument("exception_id", type=int)
+def ops_retry(exception_id: int) -> None:
+    """Retry the failed operation behind exception ID (a fresh idempotency key) and resync the order."""
+    services = _services()
+    with services.db.transaction() as session:
+        message = retry_exception(session, exception_id)
+    click.echo(message)
+
+
+def retry_exception(session, exception_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Shared by the CLI and the dashboard: reopen the operation and enqueue the order."""
+    from plugin.domain.model import PlannedOperation
+    from plugin.services.sync import idempotency_key
+
+    exc = session.get(ProcessException, exception_id)
+    if exc is None:
+        raise click.ClickException(f"no exception #{exception_id}")
+    if exc.state != "open":
+        raise click.ClickException(f"exception #{exception_id} is {exc.state}")
+    if exc.operation_id is not None:
+        op = session.get(Operation, exc.operation_id)
+        if op is not None and op.state == "failed":
+            op.generation += 1
+            op.state = "pending"
+            planned = PlannedOperation(op.kind, op.reference, op.amount)
+            op.idempotency_key = idempotency_key(op.saleor_api_url, op.order_id, op.klarna_order_id, planned, op.generation)
+    exc.state = "retried"
+    exc.resolved_at = utcnow()
+    queue.enqueue(session, exc.saleor_api_url, exc.order_id)
+    return f"exception #{exception_id} retried; order {exc.order_id} queued"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

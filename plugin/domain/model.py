@@ -1,0 +1,189 @@
+"""The domain's values: a shop order as Saleor has it now, a Klarna order as Klarna has it now.
+
+Every amount is an integer in minor units of ``currency``. Adapters build these; nothing here knows JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import NewType
+
+KlarnaOrderId = NewType("KlarnaOrderId", str)
+SaleorOrderId = NewType("SaleorOrderId", str)
+
+
+class Action(str, Enum):
+    NONE = "none"
+    CAPTURE = "capture"
+    CANCEL = "cancel"
+    REFUND = "refund"
+
+
+# Saleor's OrderStatus values, in the order the settings page lists them.
+ORDER_STATUSES = (
+    "DRAFT", "UNCONFIRMED", "UNFULFILLED", "PARTIALLY_FULFILLED", "FULFILLED",
+    "PARTIALLY_RETURNED", "RETURNED", "CANCELED", "EXPIRED",
+)  # fmt: skip
+
+DEFAULT_MAPPING: dict[str, Action] = {
+    "DRAFT": Action.NONE,
+    "UNCONFIRMED": Action.NONE,
+    "UNFULFILLED": Action.NONE,
+    "PARTIALLY_FULFILLED": Action.CAPTURE,
+    "FULFILLED": Action.CAPTURE,
+    "PARTIALLY_RETURNED": Action.REFUND,
+    "RETURNED": Action.REFUND,
+    "CANCELED": Action.CANCEL,
+    "EXPIRED": Action.CANCEL,
+}
+
+SHIPPED = frozenset({"FULFILLED"})
+RETURNED = frozenset({"RETURNED", "REFUNDED", "REFUNDED_AND_RETURNED"})
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    id: str
+    name: str
+    sku: str | None
+    quantity: int
+    total_gross: int  # Saleor's stored line total, discounts applied
+    unit_gross: int
+    tax_rate_bp: int  # 2500 = 25 %
+
+    @property
+    def reference(self) -> str:
+        return self.sku or self.id
+
+
+@dataclass(frozen=True)
+class FulfillmentLine:
+    order_line_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Fulfillment:
+    id: str
+    number: int
+    status: str
+    tracking_number: str
+    lines: tuple[FulfillmentLine, ...]
+
+
+@dataclass(frozen=True)
+class ShopOrder:
+    id: SaleorOrderId
+    number: str
+    status: str
+    channel_slug: str
+    currency: str
+    lines: tuple[OrderLine, ...]
+    fulfillments: tuple[Fulfillment, ...]
+    shipping_gross: int
+    shipping_tax: int
+    total_gross: int
+    klarna_order_id: KlarnaOrderId | None
+
+    def line(self, line_id: str) -> OrderLine | None:
+        return next((line for line in self.lines if line.id == line_id), None)
+
+
+@dataclass(frozen=True)
+class KlarnaCapture:
+    capture_id: str
+    reference: str | None
+    amount: int
+    line_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KlarnaRefund:
+    refund_id: str
+    reference: str | None
+    amount: int
+    line_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KlarnaOrder:
+    id: KlarnaOrderId
+    status: str  # AUTHORIZED PART_CAPTURED CAPTURED CANCELLED EXPIRED CLOSED
+    fraud_status: str  # ACCEPTED PENDING REJECTED
+    currency: str
+    order_amount: int
+    captured: int
+    refunded: int
+    remaining: int
+    expires_at: datetime | None
+    captures: tuple[KlarnaCapture, ...] = ()
+    refunds: tuple[KlarnaRefund, ...] = ()
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-channel options from the settings."""
+
+    shipping_with: str = "first"  # "first" or "last" capture
+    send_tracking: bool = True
+    write_notes: bool = True
+    refund_shipping_on_full_return: bool = True
+    klarna_id_metadata_key: str = "klarna_order_id"
+
+
+@dataclass(frozen=True)
+class KlarnaLine:
+    type: str
+    reference: str
+    name: str
+    quantity: int
+    unit_price: int
+    total_amount: int
+    total_discount_amount: int
+    tax_rate: int
+    total_tax_amount: int
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "type": self.type,
+            "reference": self.reference[:255],
+            "name": self.name[:255],
+            "quantity": self.quantity,
+            "unit_price": self.unit_price,
+            "tax_rate": self.tax_rate,
+            "total_amount": self.total_amount,
+            "total_discount_amount": self.total_discount_amount,
+            "total_tax_amount": self.total_tax_amount,
+        }
+
+
+@dataclass(frozen=True)
+class PlannedOperation:
+    kind: str  # capture, refund, cancel, release
+    reference: str  # fulfillment id, "shipping", or the Klarna order id for cancel/release
+    amount: int
+    lines: tuple[KlarnaLine, ...] = ()
+    tracking_number: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """An action the mapping asks for that must not happen now; the admin is told once."""
+
+    code: str  # FRAUD_PENDING FRAUD_REJECTED AUTHORIZATION_EXPIRED KLARNA_CANCELLED EXCEEDS_REMAINING EXCEEDS_CAPTURED
+    message: str
+    reference: str = ""
+    retry_later: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    operations: tuple[PlannedOperation, ...] = ()
+    blocked: tuple[Blocked, ...] = field(default_factory=tuple)
+
+    @property
+    def empty(self) -> bool:
+        return not self.operations and not self.blocked

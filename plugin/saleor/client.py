@@ -1,0 +1,226 @@
+"""The Saleor adapter: GraphQL through gql with the app token, the JWKS over plain HTTP.
+
+Only this module knows the shape of Saleor's GraphQL answers; it returns domain values.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportError, TransportQueryError
+from gql.transport.requests import RequestsHTTPTransport
+
+from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
+from plugin.domain.money import tax_rate_basis_points, to_minor
+
+logger = logging.getLogger(__name__)
+
+ORDER_QUERY = """
+query KlarnaOmOrder($id: ID!) {
+  order(id: $id) {
+    id number status
+    channel { slug currencyCode }
+    total { gross { amount currency } }
+    shippingPrice { gross { amount } tax { amount } }
+    lines { id productName variantName productSku quantity taxRate
+            unitPrice { gross { amount } } totalPrice { gross { amount } } }
+    fulfillments { id fulfillmentOrder status trackingNumber lines { quantity orderLine { id } } }
+    transactions { name pspReference }
+    payments { gateway pspReference }
+    metadata { key value }
+    privateMetadata { key value }
+  }
+}
+"""
+
+NOTE_ADD = """
+mutation KlarnaOmNote($order: ID!, $message: String!) {
+  orderNoteAdd(order: $order, input: { message: $message }) { errors { field message code } }
+}
+"""
+
+NOTE_ADD_LEGACY = """
+mutation KlarnaOmNoteLegacy($order: ID!, $message: String!) {
+  orderAddNote(order: $order, input: { message: $message }) { errors { field message code } }
+}
+"""
+
+PRIVATE_METADATA = """
+mutation KlarnaOmSummary($id: ID!, $input: [MetadataInput!]!) {
+  updatePrivateMetadata(id: $id, input: $input) { errors { field message code } }
+}
+"""
+
+APP_ID = "{ app { id } }"
+
+
+class SaleorError(Exception):
+    """Saleor could not be reached or refused the call."""
+
+
+def jwks_url(saleor_api_url: str) -> str:
+    parts = urlsplit(saleor_api_url)
+    return f"{parts.scheme}://{parts.netloc}/.well-known/jwks.json"
+
+
+def fetch_jwks(saleor_api_url: str, *, timeout: float = 10.0) -> str:
+    """GET the JWKS from the Saleor's origin; the raw text, as app-sdk stores it."""
+    try:
+        response = requests.get(jwks_url(saleor_api_url), timeout=timeout, allow_redirects=False)
+    except requests.RequestException as exc:
+        raise SaleorError(f"JWKS not reachable: {exc.__class__.__name__}") from None
+    if response.status_code != 200:
+        raise SaleorError(f"JWKS answered {response.status_code}")
+    return response.text
+
+
+def fetch_app_id(saleor_api_url: str, token: str, *, timeout: float = 10.0) -> str:
+    """Prove ``token`` by asking Saleor which app it belongs to (app-sdk's ``getAppId``)."""
+    try:
+        response = requests.post(
+            saleor_api_url,
+            json={"query": APP_ID},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            allow_redirects=False,
+        )
+        app = response.json()["data"]["app"] if response.status_code == 200 else None
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        raise SaleorError("Saleor did not answer the app query") from None
+    if not app or not app.get("id"):
+        raise SaleorError("Saleor does not know this token")
+    return str(app["id"])
+
+
+class SaleorClient:
+    """GraphQL calls for one installation, with its app token."""
+
+    def __init__(self, saleor_api_url: str, token: str, *, timeout: int = 20) -> None:
+        self.saleor_api_url = saleor_api_url
+        transport = RequestsHTTPTransport(
+            url=saleor_api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, retries=0
+        )
+        self._client = Client(transport=transport, fetch_schema_from_transport=False)
+        self._session: Any = None
+        self._lock = threading.Lock()
+        self.has_note_add = True
+
+    def _execute(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self._session is None:
+                self._session = self._client.connect_sync()
+            try:
+                return self._session.execute(GraphQLRequest(document, variable_values=variables))  # type: ignore[no-any-return]
+            except TransportQueryError as exc:
+                raise SaleorError(f"GraphQL error: {exc.errors}") from None
+            except (TransportError, requests.RequestException) as exc:
+                self._reset()
+                raise SaleorError(f"Saleor not reachable: {exc.__class__.__name__}") from None
+
+    def _reset(self) -> None:
+        try:
+            self._client.close_sync()
+        except Exception:  # noqa: BLE001 - closing a broken session is best effort
+            logger.debug("closing the Saleor session failed")
+        self._session = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._reset()
+
+    def get_order(self, order_id: str, metadata_key: str = "klarna_order_id") -> ShopOrder | None:
+        data = self._execute(ORDER_QUERY, {"id": order_id})
+        raw = data.get("order")
+        return parse_order(raw, metadata_key) if raw else None
+
+    def add_note(self, order_id: str, message: str) -> None:
+        """orderNoteAdd; orderAddNote only on a Saleor that lacks orderNoteAdd (before 3.15)."""
+        if self.has_note_add:
+            try:
+                data = self._execute(NOTE_ADD, {"order": order_id, "message": message})["orderNoteAdd"]
+            except SaleorError as exc:
+                if "orderNoteAdd" not in str(exc) or "Cannot query field" not in str(exc):
+                    raise
+                self.has_note_add = False
+        if not self.has_note_add:
+            data = self._execute(NOTE_ADD_LEGACY, {"order": order_id, "message": message})["orderAddNote"]
+        if data is None or data.get("errors"):
+            raise SaleorError(f"note refused: {data and data.get('errors')}")
+
+    def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
+        items = [{"key": k, "value": v} for k, v in values.items()]
+        data = self._execute(PRIVATE_METADATA, {"id": object_id, "input": items})["updatePrivateMetadata"]
+        if data is None or data.get("errors"):
+            raise SaleorError(f"metadata refused: {data and data.get('errors')}")
+
+
+def _money(node: dict[str, Any] | None, currency: str) -> int:
+    if not node or node.get("amount") is None:
+        return 0
+    return to_minor(node["amount"], currency)
+
+
+def find_klarna_order_id(raw: dict[str, Any], metadata_key: str) -> KlarnaOrderId | None:
+    """DESIGN §5: a Klarna transaction's (or legacy payment's) pspReference, else a metadata key."""
+    for tx in raw.get("transactions") or []:
+        if "klarna" in (tx.get("name") or "").lower() and tx.get("pspReference"):
+            return KlarnaOrderId(tx["pspReference"])
+    for payment in raw.get("payments") or []:
+        if "klarna" in (payment.get("gateway") or "").lower() and payment.get("pspReference"):
+            return KlarnaOrderId(payment["pspReference"])
+    for field in ("privateMetadata", "metadata"):
+        for item in raw.get(field) or []:
+            if item.get("key") == metadata_key and item.get("value"):
+                return KlarnaOrderId(item["value"])
+    return None
+
+
+def parse_order(raw: dict[str, Any], metadata_key: str = "klarna_order_id") -> ShopOrder:
+    """Saleor's ``order`` GraphQL object -> :class:`ShopOrder` (amounts in minor units)."""
+    currency = raw["total"]["gross"]["currency"]
+    lines = tuple(
+        OrderLine(
+            id=line["id"],
+            name=" ".join(p for p in (line.get("productName"), line.get("variantName")) if p) or "Item",
+            sku=line.get("productSku") or None,
+            quantity=int(line["quantity"]),
+            total_gross=_money(line["totalPrice"]["gross"], currency),
+            unit_gross=_money(line["unitPrice"]["gross"], currency),
+            tax_rate_bp=tax_rate_basis_points(line.get("taxRate") or 0),
+        )
+        for line in raw.get("lines") or []
+    )
+    fulfillments = tuple(
+        Fulfillment(
+            id=f["id"],
+            number=int(f.get("fulfillmentOrder") or 0),
+            status=f["status"],
+            tracking_number=f.get("trackingNumber") or "",
+            lines=tuple(
+                FulfillmentLine(fl["orderLine"]["id"], int(fl["quantity"]))
+                for fl in f.get("lines") or []
+                if fl.get("orderLine")
+            ),
+        )
+        for f in raw.get("fulfillments") or []
+    )
+    shipping = raw.get("shippingPrice") or {}
+    return ShopOrder(
+        id=SaleorOrderId(raw["id"]),
+        number=str(raw.get("number") or ""),
+        status=raw["status"],
+        channel_slug=(raw.get("channel") or {}).get("slug") or "",
+        currency=currency,
+        lines=lines,
+        fulfillments=fulfillments,
+        shipping_gross=_money(shipping.get("gross"), currency),
+        shipping_tax=_money(shipping.get("tax"), currency),
+        total_gross=_money(raw["total"]["gross"], currency),
+        klarna_order_id=find_klarna_order_id(raw, metadata_key),
+    )

@@ -1,0 +1,88 @@
+"""Installations (app-sdk's APL): register, look up, refresh the JWKS, remove."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from plugin.crypto import SecretBox
+from plugin.db import Database
+from plugin.db.models import Installation, utcnow
+from plugin.saleor import jws
+
+logger = logging.getLogger(__name__)
+
+# Seconds between JWKS refetches per Saleor, so forged requests cannot make us hammer it. A key
+# rotation shows up as an unknown kid: refetched sooner, and when throttled the caller answers 503
+# so Saleor redelivers instead of dropping the event.
+REFETCH_UNKNOWN_KID = 5.0
+REFETCH_BAD_SIGNATURE = 60.0
+
+
+class RefetchThrottled(Exception):
+    """The key is unknown and the JWKS was fetched moments ago: try again later."""
+
+
+def save(session: Session, box: SecretBox, *, saleor_api_url: str, app_id: str, token: str, jwks_text: str) -> None:
+    """Store (or replace, on reinstall) the installation; the token encrypted."""
+    session.execute(delete(Installation).where(Installation.saleor_api_url == saleor_api_url))
+    session.flush()
+    session.add(
+        Installation(
+            saleor_api_url=saleor_api_url, app_id=app_id, token_encrypted=box.encrypt(token),
+            jwks=jwks_text, installed_at=utcnow(),
+        )
+    )  # fmt: skip
+
+
+def remove(session: Session, saleor_api_url: str) -> None:
+    """Forget the installation and, by cascade, its settings, secrets, jobs and ledger."""
+    session.execute(delete(Installation).where(Installation.saleor_api_url == saleor_api_url))
+
+
+class JwksVerifier:
+    """Verify with the stored JWKS; on failure refetch once (rate-limited) and keep the new JWKS."""
+
+    def __init__(self, db: Database, fetch: Callable[[str], str]) -> None:
+        self.db = db
+        self.fetch = fetch
+        self._last_fetch: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, installation: Installation, check: Callable[[str], object]) -> object:
+        try:
+            return check(installation.jwks)
+        except (jws.UnknownKey, jws.BadSignature) as first:
+            unknown = isinstance(first, jws.UnknownKey)
+            interval = REFETCH_UNKNOWN_KID if unknown else REFETCH_BAD_SIGNATURE
+            throttled, fresh = self._refetch(installation.saleor_api_url, installation.jwks, interval)
+            if fresh is None:
+                if unknown and throttled:
+                    raise RefetchThrottled() from first
+                raise first
+            result = check(fresh)  # raises if it still does not verify
+            with self.db.transaction() as session:
+                row = session.get(Installation, installation.saleor_api_url)
+                if row is not None:
+                    row.jwks = fresh
+            logger.info("Saleor JWKS refreshed", extra={"saleor_api_url": installation.saleor_api_url})
+            return result
+
+    def _refetch(self, saleor_api_url: str, current: str, interval: float) -> tuple[bool, str | None]:
+        """(throttled, the new JWKS if it differs from ``current``)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_fetch.get(saleor_api_url, -1e9) < interval:
+                return True, None
+            self._last_fetch[saleor_api_url] = now
+        try:
+            fresh = self.fetch(saleor_api_url)
+        except Exception:  # noqa: BLE001 - an unreachable JWKS means: cannot verify
+            logger.warning("Saleor JWKS refetch failed", extra={"saleor_api_url": saleor_api_url})
+            return False, None
+        return False, (fresh if jws.valid_jwks(fresh) and fresh != current else None)

@@ -1,0 +1,133 @@
+"""The durable sync-order queue: one row per order (see ``Job``), leased by workers.
+
+PostgreSQL claims with ``SELECT … FOR UPDATE SKIP LOCKED``; SQLite, which serializes writers,
+claims with a compare-and-set UPDATE. Either way a job is held by one lease at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from plugin.db.models import Job, utcnow
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    saleor_api_url: str
+    order_id: str
+    attempts: int
+    owner: str
+
+
+def enqueue(session: Session, saleor_api_url: str, order_id: str, *, now: datetime | None = None, delay: float = 0) -> None:
+    """Ask for a sync of the order; coalesces with a job for it that is still waiting."""
+    now = now or utcnow()
+    due = now + timedelta(seconds=delay)
+    insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(Job)
+    idle = Job.done_seq >= Job.requested_seq
+    statement = insert.values(
+        saleor_api_url=saleor_api_url, order_id=order_id, requested_seq=1, done_seq=0, claimed_seq=0,
+        run_after=due, attempts=0, created_at=now, updated_at=now,
+    ).on_conflict_do_update(
+        index_elements=[Job.saleor_api_url, Job.order_id],
+        set_={
+            "requested_seq": Job.requested_seq + 1,
+            # A waiting job keeps its schedule (it may be backing off); an idle one runs now.
+            "run_after": case((idle, due), else_=Job.run_after),
+            "attempts": case((idle, 0), else_=Job.attempts),
+            "updated_at": now,
+        },
+    )  # fmt: skip
+    session.execute(statement)
+
+
+def _due(now: datetime):  # type: ignore[no-untyped-def]
+    return and_(
+        Job.requested_seq > Job.done_seq,
+        Job.run_after <= now,
+        or_(Job.leased_until.is_(None), Job.leased_until < now),
+    )
+
+
+def claim(session: Session, owner: str, *, lease_seconds: int, limit: int = 1, now: datetime | None = None) -> list[ClaimedJob]:
+    """Lease up to ``limit`` due jobs for ``owner``; commit the session afterwards."""
+    now = now or utcnow()
+    query = select(Job.id).where(_due(now)).order_by(Job.run_after, Job.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    claimed = []
+    for job_id in session.scalars(query).all():
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, _due(now))
+            .values(
+                leased_until=now + timedelta(seconds=lease_seconds),
+                lease_owner=owner,
+                claimed_seq=Job.requested_seq,
+                attempts=Job.attempts + 1,
+                updated_at=now,
+            )
+            .returning(Job.id, Job.saleor_api_url, Job.order_id, Job.attempts)
+        ).first()
+        if result is not None:
+            claimed.append(ClaimedJob(result.id, result.saleor_api_url, result.order_id, result.attempts, owner))
+    return claimed
+
+
+def renew(session: Session, job: ClaimedJob, *, lease_seconds: int) -> bool:
+    """Extend the lease; False when another worker took the job over (ours expired)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.lease_owner == job.owner)
+        .values(leased_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def finish(session: Session, job: ClaimedJob, *, again_in: float | None = None) -> None:
+    """Mark the claimed sequence done; ``again_in`` asks for one more sync later (e.g. fraud review)."""
+    now = utcnow()
+    values: dict[str, object] = {
+        "done_seq": Job.claimed_seq, "leased_until": None, "lease_owner": None,
+        "attempts": 0, "last_error": None, "updated_at": now,
+    }  # fmt: skip
+    if again_in is not None:
+        values["requested_seq"] = case((Job.requested_seq > Job.claimed_seq, Job.requested_seq), else_=Job.claimed_seq + 1)
+        values["run_after"] = case((Job.requested_seq > Job.claimed_seq, now), else_=now + timedelta(seconds=again_in))
+    session.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.owner).values(**values))
+
+
+def retry_later(session: Session, job: ClaimedJob, *, delay: float, error: str) -> None:
+    """Release the lease and try again after ``delay`` seconds (the work is still due)."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.lease_owner == job.owner)
+        .values(leased_until=None, lease_owner=None, run_after=now + timedelta(seconds=delay), last_error=error[:2000], updated_at=now)
+    )
+
+
+def counts(session: Session) -> dict[str, int]:
+    """Queued (due or waiting), running (leased) and idle jobs."""
+    now = utcnow()
+    rows = session.execute(
+        select(
+            case(
+                (Job.requested_seq <= Job.done_seq, "idle"),
+                (and_(Job.leased_until.is_not(None), Job.leased_until >= now), "running"),
+                else_="queued",
+            ).label("state"),
+            Job.id,
+        )
+    ).all()
+    result = {"queued": 0, "running": 0, "idle": 0}
+    for row in rows:
+        result[row.state] += 1
+    return result

@@ -1,0 +1,144 @@
+"""Configuration read once from the environment and validated at start-up.
+
+Every variable carries the prefix ``KLARNA_APP_`` except ``DATABASE_URL`` and
+``KLARNA_BASE_URL`` (the conventional names). See the README's settings table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PREFIX = "KLARNA_APP_"
+DEFAULT_INSTANCE = Path.cwd() / "instance"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable app."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    public_url: str = "http://127.0.0.1:5000"
+    database_url: str = ""
+    secret_keys: tuple[str, ...] = ()
+    allowed_saleor_urls: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    production: bool = False
+    instance_path: Path = field(default=DEFAULT_INSTANCE)
+    klarna_base_url: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    worker_in_process: bool = True
+    job_lease_seconds: int = 60
+    worker_concurrency: int = 8
+    http_timeout: float = 10.0
+    max_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    klarna_rate_per_second: float = 25.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) and validate them."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str = "") -> str:
+            return env.get(PREFIX + name, default).strip()
+
+        instance = Path(get("INSTANCE_PATH") or DEFAULT_INSTANCE)
+        settings = cls(
+            public_url=get("PUBLIC_URL", cls.public_url),
+            database_url=env.get("DATABASE_URL", "").strip(),
+            secret_keys=_split(get("SECRET_KEYS")),
+            allowed_saleor_urls=_split(get("ALLOWED_SALEOR_URLS")),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            production=get("ENV", "development").lower() == "production",
+            instance_path=instance,
+            klarna_base_url=env.get("KLARNA_BASE_URL", "").strip() or None,
+            max_body_bytes=_int(get("MAX_BODY_BYTES"), cls.max_body_bytes, "MAX_BODY_BYTES"),
+            worker_in_process=get("IN_PROCESS_WORKER", "1") not in ("0", "false", "no"),
+            job_lease_seconds=_int(get("JOB_LEASE_SECONDS"), cls.job_lease_seconds, "JOB_LEASE_SECONDS"),
+            worker_concurrency=_int(get("WORKER_CONCURRENCY"), cls.worker_concurrency, "WORKER_CONCURRENCY"),
+            max_attempts=_int(get("MAX_ATTEMPTS"), cls.max_attempts, "MAX_ATTEMPTS"),
+            klarna_rate_per_second=_int(get("KLARNA_RATE_PER_SECOND"), 25, "KLARNA_RATE_PER_SECOND"),
+        )
+        return settings.validated()
+
+    def validated(self) -> Settings:
+        """Check every field; fill the embedded defaults (SQLite file, generated secret)."""
+        url = urlsplit(self.public_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ConfigError(f"{PREFIX}PUBLIC_URL must be an absolute http(s) URL, got {self.public_url!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        for pattern in self.allowed_saleor_urls:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise ConfigError(f"{PREFIX}ALLOWED_SALEOR_URLS: bad pattern {pattern!r}: {exc}") from exc
+        settings = self
+        if not settings.database_url:
+            if settings.production:
+                raise ConfigError("DATABASE_URL is required in production")
+            settings = replace(settings, database_url=f"sqlite:///{settings.instance_path / 'klarna-om.sqlite3'}")
+        if not settings.secret_keys:
+            if settings.production:
+                raise ConfigError(f"{PREFIX}SECRET_KEYS is required in production (comma-separated; the first encrypts)")
+            settings = replace(settings, secret_keys=(_instance_secret(settings.instance_path),))
+        for key in settings.secret_keys:
+            if len(key) < 32:
+                raise ConfigError(f"{PREFIX}SECRET_KEYS: every key must be at least 32 characters")
+        return settings
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+    def saleor_url_allowed(self, saleor_api_url: str) -> bool:
+        """An empty allowlist admits any Saleor; ``re:`` entries are full-match regular expressions."""
+        if not self.allowed_saleor_urls:
+            return True
+        for pattern in self.allowed_saleor_urls:
+            if pattern.startswith("re:"):
+                if re.fullmatch(pattern[3:], saleor_api_url):
+                    return True
+            elif pattern == saleor_api_url:
+                return True
+        return False
+
+    def log_warnings(self, logger: logging.Logger) -> None:
+        if not self.allowed_saleor_urls:
+            logger.warning("KLARNA_APP_ALLOWED_SALEOR_URLS is empty: any Saleor may install this app")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int(value: str, default: int, name: str) -> int:
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be an integer, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{PREFIX}{name} must be positive")
+    return number
+
+
+def _instance_secret(instance: Path) -> str:
+    """The embedded default: generate a secret once and keep it in the instance folder."""
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()

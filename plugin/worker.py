@@ -1,0 +1,121 @@
+"""The worker: claims sync-order jobs and runs them, several at once, each order by one worker only.
+
+Jobs run in a thread pool so that Klarna calls for different orders overlap; the lease in the
+``jobs`` row (not a thread lock) keeps one order to one worker across processes and hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from plugin.db.models import ProcessException
+from plugin.services import queue
+from plugin.services.sync import LeaseLost, SyncDeps, Transient, sync_order
+
+logger = logging.getLogger(__name__)
+
+
+def backoff(attempts: int, *, base: float, cap: float = 300.0, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter (half to full), at least ``retry_after``."""
+    rng = rng or random.Random()
+    delay = min(cap, base * 2 ** max(attempts - 1, 0)) * rng.uniform(0.5, 1.0)
+    return max(delay, retry_after or 0.0)
+
+
+class Worker:
+    def __init__(self, deps: SyncDeps, *, concurrency: int = 8, poll_interval: float = 0.5, retry_base: float = 2.0) -> None:
+        self.deps = deps
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.retry_base = retry_base
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def claim(self, limit: int) -> list[queue.ClaimedJob]:
+        with self.deps.db.transaction() as session:
+            return queue.claim(session, self.owner, lease_seconds=self.deps.lease_seconds, limit=limit)
+
+    def process(self, job: queue.ClaimedJob) -> None:
+        """Run one job and record what should happen next; never raises."""
+        try:
+            outcome = sync_order(self.deps, job)
+        except LeaseLost:
+            logger.warning("lease lost; another worker has the order", extra={"order_id": job.order_id})
+            return
+        except Transient as exc:
+            self._retry_or_give_up(job, str(exc), exc.retry_after)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; retried, then surfaced
+            logger.exception("sync failed", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
+            self._retry_or_give_up(job, f"{exc.__class__.__name__}: {exc}", None)
+            return
+        with self.deps.db.transaction() as session:
+            queue.finish(session, job, again_in=outcome.again_in)
+
+    def _retry_or_give_up(self, job: queue.ClaimedJob, error: str, retry_after: float | None) -> None:
+        with self.deps.db.transaction() as session:
+            if job.attempts < self.deps.max_attempts:
+                delay = backoff(job.attempts, base=self.retry_base, retry_after=retry_after)
+                queue.retry_later(session, job, delay=delay, error=error)
+                return
+            session.add(ProcessException(
+                saleor_api_url=job.saleor_api_url, order_id=job.order_id, error_code="SYNC_FAILED",
+                message=f"The order could not be synced after {job.attempts} attempts: {error}",
+            ))  # fmt: skip
+            queue.finish(session, job)
+        logger.error("sync gave up", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
+
+    def run_until_idle(self, max_rounds: int = 1000) -> int:
+        """Process due jobs in this thread until none is due (tests, the demo). Returns jobs run."""
+        done = 0
+        for _ in range(max_rounds):
+            jobs = self.claim(self.concurrency)
+            if not jobs:
+                return done
+            for job in jobs:
+                self.process(job)
+                done += 1
+        return done
+
+    def run(self) -> None:
+        """Poll and process until :meth:`stop`; in-flight jobs finish before returning."""
+        busy: set[Future[None]] = set()
+        lock = threading.Lock()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="klarna-om-job") as pool:
+            while not self._stop.is_set():
+                with lock:
+                    free = self.concurrency - len(busy)
+                jobs = self.claim(free) if free > 0 else []
+                for job in jobs:
+                    future = pool.submit(self.process, job)
+                    with lock:
+                        busy.add(future)
+
+                    def _done(f: Future[None]) -> None:
+                        with lock:
+                            busy.discard(f)
+                        self._wake.set()
+
+                    future.add_done_callback(_done)
+                if not jobs:
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="klarna-om-worker", daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,215 @@
+"""The Saleor -> app HTTP surface: manifest, register (install handshake), signed webhooks.
+
+Error bodies follow app-sdk: register answers ``{"success": false, "error": {"code", "message"}}``,
+webhooks answer ``{"error": {"type", "message"}}``. 4xx means "never send this again", 5xx "retry".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from plugin.db.models import Delivery, Installation
+from plugin.saleor import jws
+from plugin.services import installations, queue
+from plugin.services.installations import JwksVerifier, RefetchThrottled
+from webhooks.payloads import PayloadError, parse_app_deleted, parse_order_event
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+ORDER_EVENTS = (
+    "ORDER_CREATED", "ORDER_UPDATED", "ORDER_CONFIRMED", "ORDER_FULLY_PAID", "ORDER_PAID",
+    "ORDER_FULFILLED", "ORDER_CANCELLED", "ORDER_EXPIRED", "ORDER_REFUNDED", "ORDER_FULLY_REFUNDED",
+    "ORDER_METADATA_UPDATED", "FULFILLMENT_CREATED", "FULFILLMENT_APPROVED", "FULFILLMENT_CANCELED",
+)  # fmt: skip
+ORDER_EVENTS_PATH = "/api/webhooks/order-events"
+APP_DELETED_PATH = "/api/webhooks/app-deleted"
+
+
+def _services():  # type: ignore[no-untyped-def]
+    return current_app.extensions["klarna_om"]
+
+
+def static_manifest() -> dict[str, Any]:
+    """The top-level manifest.json (shipped inside this package as a link to it)."""
+    text = resources.files("webhooks").joinpath("manifest.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _version(header: str) -> tuple[int, int]:
+    try:
+        major, minor = header.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (99, 0)
+
+
+def build_manifest(public_base: str, schema_version: str = "") -> dict[str, Any]:
+    """manifest.json with every URL resolved against the public URL.
+
+    Saleor before 3.22 validates mounts against an enum without the *_WIDGETS mounts, so there the
+    order widget becomes an ORDER_DETAILS_MORE_ACTIONS popup.
+    """
+    manifest = static_manifest()
+    if _version(schema_version) < (3, 22):
+        for extension in manifest.get("extensions", []):
+            if extension["mount"].endswith("_WIDGETS"):
+                extension.update(mount="ORDER_DETAILS_MORE_ACTIONS", target="POPUP")
+                extension.pop("options", None)
+    for key in ("appUrl", "tokenTargetUrl", "homepageUrl", "supportUrl", "dataPrivacyUrl"):
+        if key in manifest and manifest[key].startswith("/"):
+            manifest[key] = public_base + manifest[key]
+    logo = manifest.get("brand", {}).get("logo", {})
+    if logo.get("default", "").startswith("/"):
+        logo["default"] = public_base + logo["default"]
+    for extension in manifest.get("extensions", []):
+        if not extension["url"].startswith("/"):
+            continue
+        # Relative extension URLs resolve against appUrl (3.23); absolute ones work on every version.
+        extension["url"] = public_base + extension["url"]
+    for webhook in manifest.get("webhooks", []):
+        webhook["targetUrl"] = public_base + webhook["targetUrl"]
+    return manifest
+
+
+@bp.get("/api/manifest")
+def manifest():  # type: ignore[no-untyped-def]
+    version = request.headers.get("Saleor-Schema-Version", "")
+    return jsonify(build_manifest(_services().settings.public_base, version))
+
+
+@bp.get("/logo.png")
+def logo():  # type: ignore[no-untyped-def]
+    data = resources.files("webhooks").joinpath("logo.png").read_bytes()
+    return current_app.response_class(data, mimetype="image/png")
+
+
+def _register_error(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+    return jsonify(success=False, error={"code": code, "message": message}), status
+
+
+@bp.post("/api/register")
+def register():  # type: ignore[no-untyped-def]
+    """app-sdk's register handler: allowlist, prove the token, fetch the JWKS, store."""
+    services = _services()
+    saleor_api_url = request.headers.get("Saleor-Api-Url", "").strip()
+    if not saleor_api_url:
+        return _register_error(400, "MISSING_SALEOR_API_URL", "Missing saleor-api-url header")
+    body = request.get_json(silent=True)
+    token = body.get("auth_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token or len(token) > 1024:
+        return _register_error(400, "MISSING_AUTH_TOKEN", "Missing auth token.")
+    if not services.settings.saleor_url_allowed(saleor_api_url):
+        logger.warning("install refused: Saleor not on the allowlist", extra={"saleor_api_url": saleor_api_url})
+        return _register_error(
+            403, "SALEOR_URL_PROHIBITED", "This app expects to be installed only in allowed Saleor instances"
+        )
+    try:
+        app_id = services.fetch_app_id(saleor_api_url, token)
+    except Exception:  # noqa: BLE001 - any failure means the token is not proven
+        return _register_error(401, "UNKNOWN_APP_ID", "Could not get the app ID from the Saleor API")
+    try:
+        jwks_text = services.fetch_jwks(saleor_api_url)
+        if not jws.valid_jwks(jwks_text):
+            raise ValueError("no RSA key")
+    except Exception:  # noqa: BLE001
+        return _register_error(401, "JWKS_NOT_AVAILABLE", "Can't fetch the remote JWKS.")
+    with services.db.transaction() as session:
+        installations.save(session, services.box, saleor_api_url=saleor_api_url, app_id=app_id, token=token, jwks_text=jwks_text)
+    logger.info("installed", extra={"saleor_api_url": saleor_api_url, "app_id": app_id})
+    return jsonify(success=True)
+
+
+def _webhook_error(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+    return jsonify(error={"type": code, "message": message}), status
+
+
+def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """Headers, installation, signature: (installation, raw body, event) or an error response."""
+    services = _services()
+    raw = request.get_data(cache=True)
+    saleor_api_url = request.headers.get("Saleor-Api-Url", "")
+    event = request.headers.get("Saleor-Event", "")
+    signature = request.headers.get("Saleor-Signature", "")
+    if not saleor_api_url:
+        return None, _webhook_error(400, "MISSING_SALEOR_API_URL_HEADER", "Missing saleor-api-url header")
+    if not event:
+        return None, _webhook_error(400, "MISSING_SALEOR_EVENT_HEADER", "Missing saleor-event header")
+    if event.upper() not in expected_events:
+        return None, _webhook_error(400, "WRONG_EVENT", f"Unexpected event {event[:64]}")
+    if not signature:
+        return None, _webhook_error(400, "MISSING_SIGNATURE_HEADER", "Missing saleor-signature header")
+    if not raw:
+        return None, _webhook_error(400, "MISSING_REQUEST_BODY", "Missing request body")
+    with services.db.transaction() as session:
+        installation = session.get(Installation, saleor_api_url)
+        if installation is not None:
+            session.expunge(installation)
+    if installation is None:
+        return None, _webhook_error(401, "NOT_REGISTERED", "The app is not installed in this Saleor")
+    verifier = current_app.extensions.setdefault(
+        "klarna_om_jwks", JwksVerifier(services.db, services.fetch_jwks)
+    )
+    try:
+        verifier.verify(installation, lambda text: jws.verify_detached(signature, raw, text))
+    except RefetchThrottled:
+        return None, _webhook_error(503, "JWKS_REFRESH_PENDING", "Unknown signing key; retry shortly")
+    except jws.SignatureError:
+        logger.warning("webhook signature rejected", extra={"saleor_api_url": saleor_api_url, "event": event[:64]})
+        return None, _webhook_error(401, "SIGNATURE_VERIFICATION_FAILED", "Request signature check failed")
+    return (installation, raw, event.upper()), None
+
+
+@bp.post(ORDER_EVENTS_PATH)
+def order_events():  # type: ignore[no-untyped-def]
+    """Verify, record the delivery and enqueue the order's sync in one transaction, answer 200."""
+    verified, error = _verified(ORDER_EVENTS)
+    if error is not None:
+        return error
+    installation, raw, event = verified
+    try:
+        parsed = parse_order_event(raw)
+    except PayloadError as exc:
+        return _webhook_error(400, "MALFORMED_PAYLOAD", str(exc))
+    if parsed.recipient_id != installation.app_id:
+        return _webhook_error(403, "WRONG_RECIPIENT", "The event is addressed to another app")
+    # The app's own notes and metadata come back as events: nothing to sync for those.
+    own = parsed.principal_id == installation.app_id
+    services = _services()
+    with services.db.transaction() as session:
+        session.add(Delivery(
+            saleor_api_url=installation.saleor_api_url, event=event, order_id=parsed.order_id,
+            principal=parsed.principal_id, enqueued=not own,
+        ))  # fmt: skip
+        if not own:
+            queue.enqueue(session, installation.saleor_api_url, parsed.order_id)
+    worker = current_app.extensions.get("klarna_om_worker")
+    if worker is not None and not own:
+        worker.wake()
+    return jsonify(ok=True, enqueued=not own)
+
+
+@bp.post(APP_DELETED_PATH)
+def app_deleted():  # type: ignore[no-untyped-def]
+    verified, error = _verified(("APP_DELETED",))
+    if error is not None:
+        return error
+    installation, raw, _ = verified
+    try:
+        app_id = parse_app_deleted(raw)
+    except PayloadError as exc:
+        return _webhook_error(400, "MALFORMED_PAYLOAD", str(exc))
+    if app_id != installation.app_id:
+        return _webhook_error(403, "WRONG_RECIPIENT", "The event is about another app")
+    with _services().db.transaction() as session:
+        installations.remove(session, installation.saleor_api_url)
+    logger.info("uninstalled", extra={"saleor_api_url": installation.saleor_api_url})
+    return jsonify(ok=True)
+
+
+__all__ = ["bp", "build_manifest", "ORDER_EVENTS"]

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from plugin.crypto import SecretBox
+from plugin.settings import ConfigError, Settings
+
+
+def test_embedded_default_generates_one_secret_and_keeps_it(tmp_path: Path) -> None:
+    # given an empty instance folder and no secret in the environment
+    env = {"KLARNA_APP_INSTANCE_PATH": str(tmp_path)}
+    # when the settings are read twice
+    first, second = Settings.from_env(env), Settings.from_env(env)
+    # then one secret was generated, kept, and the database defaults to SQLite in the instance folder
+    assert first.secret_keys == second.secret_keys and len(first.secret_keys[0]) >= 32
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert first.database_url == f"sqlite:///{tmp_path / 'klarna-om.sqlite3'}"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x"}, "SECRET_KEYS", id="prod-no-secret"),
+        pytest.param({"KLARNA_APP_ENV": "production", "KLARNA_APP_SECRET_KEYS": "k" * 40}, "DATABASE_URL", id="prod-no-db"),
+        pytest.param({"KLARNA_APP_PUBLIC_URL": "ftp://x"}, "PUBLIC_URL", id="bad-public-url"),
+        pytest.param({"KLARNA_APP_SECRET_KEYS": "short"}, "at least 32", id="short-secret"),
+        pytest.param({"KLARNA_APP_LOG_LEVEL": "LOUD"}, "LOG_LEVEL", id="bad-log-level"),
+        pytest.param({"KLARNA_APP_ALLOWED_SALEOR_URLS": "re:("}, "bad pattern", id="bad-pattern"),
+        pytest.param({"KLARNA_APP_MAX_BODY_BYTES": "lots"}, "integer", id="bad-int"),
+    ],
+)
+def test_invalid_environment_is_a_clear_start_up_error(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    # given an environment that does not describe a runnable app / when read / then a ConfigError names the problem
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"KLARNA_APP_INSTANCE_PATH": str(tmp_path), **env})
+
+
+@pytest.mark.parametrize(
+    ("allowlist", "url", "allowed"),
+    [
+        pytest.param("", "https://any.example/graphql/", True, id="empty-allows-any"),
+        pytest.param("https://shop.example/graphql/", "https://shop.example/graphql/", True, id="exact"),
+        pytest.param("https://shop.example/graphql/", "https://shop.example/graphql", False, id="exact-is-exact"),
+        pytest.param(r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/", "https://my-shop.saleor.cloud/graphql/", True, id="pattern"),
+        pytest.param(r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/", "https://evil.example/?x=.saleor.cloud/graphql/", False, id="pattern-full-match"),
+    ],
+)
+def test_allowlist(tmp_path: Path, allowlist: str, url: str, allowed: bool) -> None:
+    settings = Settings.from_env({"KLARNA_APP_INSTANCE_PATH": str(tmp_path), "KLARNA_APP_ALLOWED_SALEOR_URLS": allowlist})
+    assert settings.saleor_url_allowed(url) is allowed
+
+
+def test_secret_keys_rotate_first_encrypts_all_decrypt() -> None:
+    # given a value encrypted under the old key
+    old, new = "o" * 40, "n" * 40
+    token = SecretBox((old,)).encrypt("Es1O0oB2O3PTeG9A4IVYUcaMoru3Ls")
+    # when the new key is put first
+    rotated = SecretBox((new, old))
+    # then the old value still decrypts, and new values need the new key
+    assert rotated.decrypt(token) == "Es1O0oB2O3PTeG9A4IVYUcaMoru3Ls"
+    assert SecretBox((new,)).decrypt(rotated.encrypt("x")) == "x"
+    assert "Es1O0oB2O3PTeG9A4IVYUcaMoru3Ls" not in token
+    with pytest.raises(ValueError, match="no configured key"):
+        SecretBox((new,)).decrypt(token)

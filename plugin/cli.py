@@ -107,6 +107,14 @@ def worker(concurrency: int | None) -> None:
     click.echo(f"worker {w.owner} stopped")
 
 
+@main.command()
+def demo() -> None:
+    """Show the product working: fake Saleor and fake Klarna on loopback, two orders end to end."""
+    from plugin.demo import run
+
+    run()
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

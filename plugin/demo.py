@@ -1,0 +1,129 @@
+"""``klarna-om demo``: the product working end to end on loopback, in one command.
+
+The app serves on a free port with an in-process worker; a fake Saleor 3.23 installs it and sends
+signed webhooks; a fake Klarna OM answers. Both fakes live in the test suite (tests/fakes), so the
+demo runs from a source checkout.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from plugin.app import Services, create_app
+from plugin.db.models import Job
+from plugin.domain.money import format_minor
+from plugin.services.merchant import MerchantSettings
+from plugin.settings import Settings
+from plugin.worker import Worker
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _fakes() -> tuple[Any, Any]:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tests" / "fakes" / "saleor.py").exists():
+        raise click.ClickException("the demo needs a source checkout (it uses tests/fakes)")
+    sys.path.insert(0, str(root))
+    from tests.fakes.klarna import FakeKlarnaServer
+    from tests.fakes.saleor import FakeSaleor
+
+    return FakeSaleor, FakeKlarnaServer
+
+
+def run(echo: Callable[[str], None] = click.echo) -> None:
+    fake_saleor_cls, fake_klarna_cls = _fakes()
+    workdir = Path(tempfile.mkdtemp(prefix="klarna-om-demo-"))
+    klarna_server = fake_klarna_cls().start()
+    server = make_server("127.0.0.1", 0, None, threaded=True, request_handler=_QuietHandler)  # type: ignore[arg-type]
+    settings = Settings(
+        public_url=f"http://127.0.0.1:{server.server_port}", database_url=f"sqlite:///{workdir / 'demo.sqlite3'}",
+        secret_keys=("demo-secret-key-not-for-production-use-0123456789",), instance_path=workdir,
+        klarna_base_url=klarna_server.base_url, retry_base_seconds=0.2, log_level="WARNING",
+    ).validated()  # fmt: skip
+    services = Services.build(settings)
+    services.db.upgrade()
+    app = create_app(services=services)
+    server.app = app  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker = Worker(services.sync_deps(), concurrency=4, poll_interval=0.05, retry_base=0.2)
+    app.extensions["klarna_om_worker"] = worker
+    worker.start_thread()
+    saleor = fake_saleor_cls().start()
+    klarna = klarna_server.fake
+    try:
+        echo(f"App on {settings.public_base}, fake Saleor on {saleor.api_url}, fake Klarna on {klarna_server.base_url}\n")
+        result = saleor.install(f"{settings.public_base}/api/manifest")
+        echo(f"Saleor installed the app: HTTP {result.status}, app id {result.app_id}")
+        with services.db.transaction() as session:
+            services.store.save(session, saleor.api_url, MerchantSettings(channel="*", username="PK_demo", password=klarna.password))
+        klarna.username = "PK_demo"
+        echo("Klarna credentials stored for every channel (default status mapping)\n")
+        shown: dict[str, int] = {}
+
+        def settle(title: str, order_id: str, kid: str) -> None:
+            _wait_idle(services)
+            echo(f"== {title}")
+            notes = saleor.notes(order_id)
+            for note in notes[shown.get(order_id, 0):]:
+                echo(f"   note: {note}")
+            shown[order_id] = len(notes)
+            k = klarna.order(kid)
+            cur = k["purchase_currency"]
+            echo(
+                f"   Klarna {kid[:8]}: {k['status']}, captured {format_minor(k['captured_amount'], cur)}, "
+                f"refunded {format_minor(k['refunded_amount'], cur)}, remaining {format_minor(k['remaining_authorized_amount'], cur)}\n"
+            )
+
+        tee = {"name": "Monospace Tee", "sku": "328223583", "quantity": 2, "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"}
+        shoe = {"name": "Dash Force", "sku": "618223584", "quantity": 1, "unit_gross": "90.00", "unit_net": "90.00", "tax_rate": "0.00"}
+        kid_a = klarna.create_order(order_amount=13000, currency="USD")
+        order_a = saleor.create_order(lines=[dict(tee), dict(shoe)], klarna_order_id=kid_a, number=21)
+        tee_a, shoe_a = (line["id"] for line in saleor.order(order_a)["lines"])
+        settle("Order #21 placed: 2x Monospace Tee + 1x Dash Force, 130.00 USD authorized", order_a, kid_a)
+        first = saleor.fulfill(order_a, {tee_a: 1, shoe_a: 1}, tracking_number="1Z999AA10123456784")
+        settle("Order #21 shipment 1 (Tee + Dash Force) -> PARTIALLY_FULFILLED", order_a, kid_a)
+        saleor.fulfill(order_a, {tee_a: 1}, tracking_number="1Z999AA10123456795")
+        settle("Order #21 shipment 2 (Tee) -> FULFILLED", order_a, kid_a)
+        saleor.return_products(order_a, first, {tee_a: 1})
+        settle("Order #21 one Tee returned from shipment 1 -> PARTIALLY_RETURNED", order_a, kid_a)
+
+        kid_b = klarna.create_order(order_amount=11000, currency="USD")
+        order_b = saleor.create_order(lines=[dict(tee), dict(shoe)], klarna_order_id=kid_b, number=22, total_gross="110.00", shipping_gross="0.00")
+        tee_b, shoe_b = (line["id"] for line in saleor.order(order_b)["lines"])
+        saleor.fulfill(order_b, {shoe_b: 1}, tracking_number="1Z999AA10123456800")
+        settle("Order #22 (110.00 USD after a 20.00 order discount) shipment 1 (Dash Force)", order_b, kid_b)
+        for fulfillment in saleor.order(order_b)["fulfillments"]:
+            saleor.cancel_fulfillment(order_b, fulfillment["id"])
+        saleor.cancel_order(order_b)
+        settle("Order #22 cancelled after the partial capture", order_b, kid_b)
+        echo(f"Klarna performed: {klarna.counts()}")
+    finally:
+        worker.stop()
+        saleor.stop()
+        klarna_server.stop()
+        server.shutdown()
+        services.db.dispose()
+
+
+def _wait_idle(services: Services, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    time.sleep(0.1)
+    while time.monotonic() < deadline:
+        with services.db.transaction() as session:
+            waiting = session.scalar(select(func.count()).select_from(Job).where(Job.requested_seq > Job.done_seq))
+        if not waiting:
+            return
+        time.sleep(0.05)

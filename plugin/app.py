@@ -13,7 +13,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from plugin.crypto import SecretBox
-from plugin.db import Database
+from plugin.db import Database, NotMigratedError
+from plugin.metrics import render as render_metrics
 from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
 from plugin.saleor import client as saleor_client
 from plugin.services.merchant import MerchantSettings, SettingsStore
@@ -109,7 +110,22 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
+        """The process is up."""
         return jsonify(ok=True)
+
+    @app.get("/readyz")
+    def readyz():  # type: ignore[no-untyped-def]
+        """The database answers and its schema is at the code's migration head."""
+        try:
+            services.db.check_migrated()
+        except NotMigratedError as exc:
+            return jsonify(ready=False, reason=str(exc)), 503
+        return jsonify(ready=True)
+
+    @app.get("/metrics")
+    def metrics():  # type: ignore[no-untyped-def]
+        body, content_type = render_metrics(services.db)
+        return app.response_class(body, content_type=content_type)
 
     return app
 

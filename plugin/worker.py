@@ -15,6 +15,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from plugin.db.models import ProcessException
+from plugin.metrics import JOB_RUNS
 from plugin.services import queue
 from plugin.services.sync import LeaseLost, SyncDeps, Transient, sync_order
 
@@ -54,15 +55,19 @@ class Worker:
         try:
             outcome = sync_order(self.deps, job)
         except LeaseLost:
+            JOB_RUNS.labels("lease_lost").inc()
             logger.warning("lease lost; another worker has the order", extra={"order_id": job.order_id})
             return
         except Transient as exc:
+            JOB_RUNS.labels("retry").inc()
             self._retry_or_give_up(job, str(exc), exc.retry_after)
             return
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; retried, then surfaced
+            JOB_RUNS.labels("error").inc()
             logger.exception("sync failed", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
             self._retry_or_give_up(job, f"{exc.__class__.__name__}: {exc}", None)
             return
+        JOB_RUNS.labels("done").inc()
         with self.deps.db.transaction() as session:
             queue.finish(session, job, again_in=outcome.again_in)
 
@@ -77,6 +82,7 @@ class Worker:
                 message=f"The order could not be synced after {job.attempts} attempts: {error}",
             ))  # fmt: skip
             queue.finish(session, job)
+        JOB_RUNS.labels("failed").inc()
         logger.error("sync gave up", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:
@@ -99,7 +105,11 @@ class Worker:
             while not self._stop.is_set():
                 with lock:
                     free = self.concurrency - len(busy)
-                jobs = self.claim(free) if free > 0 else []
+                try:
+                    jobs = self.claim(free) if free > 0 else []
+                except Exception:  # noqa: BLE001 - database away: keep polling, never die
+                    logger.warning("claiming jobs failed; retrying", exc_info=True)
+                    jobs = []
                 for job in jobs:
                     future = pool.submit(self.process, job)
                     with lock:

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from plugin.db.models import Delivery, Installation
+from plugin.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
 from plugin.saleor import jws
 from plugin.services import installations, queue
 from plugin.services.installations import JwksVerifier, RefetchThrottled
@@ -126,6 +127,7 @@ def register():  # type: ignore[no-untyped-def]
 
 
 def _webhook_error(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+    WEBHOOKS_REJECTED.labels(code).inc()
     return jsonify(error={"type": code, "message": message}), status
 
 
@@ -188,6 +190,7 @@ def order_events():  # type: ignore[no-untyped-def]
         ))  # fmt: skip
         if not own:
             queue.enqueue(session, installation.saleor_api_url, parsed.order_id)
+    WEBHOOKS_RECEIVED.labels(event).inc()
     worker = current_app.extensions.get("klarna_om_worker")
     if worker is not None and not own:
         worker.wake()

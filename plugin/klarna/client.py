@@ -26,6 +26,7 @@ from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from plugin.klarna.errors import KlarnaTransportError, error_from_response
+from plugin.metrics import KLARNA_CALLS, KLARNA_LATENCY
 
 __all__ = [
     "BASE_URLS",
@@ -35,6 +36,7 @@ __all__ = [
     "base_url",
     "default_user_agent",
 ]
+
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +371,9 @@ class KlarnaOrdersClient:
         outcome: str,
         error_code: str | None = None,
     ) -> None:
+        KLARNA_CALLS.labels(operation, outcome).inc()
+        if log["elapsed_ms"] is not None:
+            KLARNA_LATENCY.labels(operation).observe(log["elapsed_ms"] / 1000)
         logger.info(
             "Klarna call finished",
             extra={

@@ -92,11 +92,25 @@ class ShopOrder:
 
 
 @dataclass(frozen=True)
+class RecordedLine:
+    """One order line of a capture or refund as Klarna (or the ledger) recorded it."""
+
+    type: str
+    reference: str
+    quantity: int
+    amount: int
+
+
+@dataclass(frozen=True)
 class KlarnaCapture:
     capture_id: str
     reference: str | None
     amount: int
-    line_types: tuple[str, ...] = ()
+    lines: tuple[RecordedLine, ...] = ()
+
+    @property
+    def line_types(self) -> tuple[str, ...]:
+        return tuple(line.type for line in self.lines)
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,11 @@ class KlarnaRefund:
     refund_id: str
     reference: str | None
     amount: int
-    line_types: tuple[str, ...] = ()
+    lines: tuple[RecordedLine, ...] = ()
+
+    @property
+    def line_types(self) -> tuple[str, ...]:
+        return tuple(line.type for line in self.lines)
 
 
 @dataclass(frozen=True)
@@ -144,6 +162,9 @@ class KlarnaLine:
     total_discount_amount: int
     tax_rate: int
     total_tax_amount: int
+
+    def recorded(self) -> RecordedLine:
+        return RecordedLine(self.type, self.reference, self.quantity, self.total_amount)
 
     def as_json(self) -> dict[str, object]:
         return {

@@ -37,8 +37,9 @@ def to_minor(amount: float | int | str | Decimal, currency: str) -> int:
         raise MoneyError(f"not a finite amount: {amount!r}")
     scaled = value.scaleb(exponent(currency))
     minor = scaled.to_integral_value(rounding=ROUND_HALF_UP)
-    if abs(scaled - minor) >= Decimal("0.01"):
-        # More precision than the currency has: Saleor quantizes, so this is a bug upstream.
+    if abs(scaled - minor) > Decimal("1e-6"):
+        # More precision than the currency has (beyond float noise): Saleor quantizes, so this
+        # is a bug upstream and no amount is guessed.
         raise MoneyError(f"{amount!r} has more decimals than {currency} allows")
     return int(minor)
 

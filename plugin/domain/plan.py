@@ -2,12 +2,19 @@
 
 It compares what Klarna should reflect with what Klarna does reflect and returns only what is
 missing, so running it twice, or after a duplicate or reordered event, plans nothing new.
-Captures are recognised by their ``reference`` (the Saleor fulfillment id), refunds likewise.
+Captures and refunds are recognised by their ``reference`` (the Saleor fulfillment id).
+
+Valuing units. A line's stored total (after discounts, and after its share of any order-level
+discount) is spread over its units by cumulative allocation in the order they are captured: the
+captures of a line always sum to its total exactly. Refunds take back captured value the same
+way, and only for units that were captured and are no longer kept: a return that Saleor carves
+out of a shipment before it was captured refunds nothing and leaves that shipment's value right.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from .model import (
@@ -19,6 +26,7 @@ from .model import (
     KlarnaLine,
     KlarnaOrder,
     Options,
+    OrderLine,
     Plan,
     PlannedOperation,
     ShopOrder,
@@ -26,7 +34,6 @@ from .model import (
 from .money import format_minor, share, tax_of_gross
 
 SHIPPING_REFERENCE = "shipping"
-ADJUSTMENT_REFERENCE = "order-adjustment"
 _CAPTURABLE = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
@@ -44,14 +51,15 @@ def plan(
         return Plan(operations=_plan_cancel(klarna))
     if action is Action.NONE:
         return Plan()
+    books = _Books.of(order, klarna)
     operations: list[PlannedOperation] = []
     blocked: list[Blocked] = []
     # A return implies a shipment: under a refund action, still capture what shipped, if the
     # merchant captures at all.
     if action is Action.CAPTURE or Action.CAPTURE in {Action(a) for a in mapping.values()}:
-        _plan_captures(order, klarna, options, now, operations, blocked)
+        _plan_captures(order, klarna, books, options, now, operations, blocked)
     if action is Action.REFUND:
-        _plan_refunds(order, klarna, options, operations, blocked)
+        _plan_refunds(order, klarna, books, options, operations, blocked)
     return Plan(operations=tuple(operations), blocked=tuple(blocked))
 
 
@@ -63,58 +71,96 @@ def _plan_cancel(klarna: KlarnaOrder) -> tuple[PlannedOperation, ...]:
     return ()
 
 
-def _positions(order: ShopOrder) -> dict[tuple[str, str], int]:
-    """For each (fulfillment, line): how many units of the line earlier fulfillments hold."""
-    seen: dict[str, int] = {}
-    positions: dict[tuple[str, str], int] = {}
-    for fulfillment in sorted(order.fulfillments, key=lambda f: f.number):
-        if fulfillment.status not in SHIPPED | RETURNED:
-            continue
-        for fline in fulfillment.lines:
-            positions[(fulfillment.id, fline.order_line_id)] = seen.get(fline.order_line_id, 0)
-            seen[fline.order_line_id] = seen.get(fline.order_line_id, 0) + fline.quantity
-    return positions
+@dataclass
+class _Tally:
+    captured_units: int = 0
+    captured: int = 0
+    refunded_units: int = 0
+    refunded: int = 0
 
 
-def _fulfillment_lines(
-    order: ShopOrder, fulfillment: Fulfillment, positions: dict[tuple[str, str], int]
-) -> list[KlarnaLine]:
+@dataclass
+class _Books:
+    """Per line reference: units and value captured and refunded so far (Klarna + this plan)."""
+
+    lines: dict[str, _Tally]
+    totals: dict[str, int]  # line id -> total after its share of the order-level adjustment
+    shipping: int  # shipping after any adjustment that did not fit on the lines
+
+    @classmethod
+    def of(cls, order: ShopOrder, klarna: KlarnaOrder) -> _Books:
+        lines: dict[str, _Tally] = {}
+        for record in (line for c in klarna.captures for line in c.lines):
+            tally = lines.setdefault(record.reference, _Tally())
+            tally.captured_units += record.quantity
+            tally.captured += record.amount
+        for record in (line for r in klarna.refunds for line in r.lines):
+            tally = lines.setdefault(record.reference, _Tally())
+            tally.refunded_units += record.quantity
+            tally.refunded += record.amount
+        totals, shipping = _adjusted_totals(order)
+        return cls(lines, totals, shipping)
+
+    def tally(self, reference: str) -> _Tally:
+        return self.lines.setdefault(reference, _Tally())
+
+
+def _adjusted_totals(order: ShopOrder) -> tuple[dict[str, int], int]:
+    """Spread an order-level discount (or surcharge) that Saleor kept off the lines over them.
+
+    Lines + shipping then add up to the order total exactly; a discount larger than the lines
+    comes off the shipping.
+    """
+    lines_total = sum(line.total_gross for line in order.lines)
+    gap = lines_total + order.shipping_gross - order.total_gross
+    if gap == 0 or lines_total <= 0:
+        return {line.id: line.total_gross for line in order.lines}, order.shipping_gross
+    on_lines = min(gap, lines_total)
+    totals, before = {}, 0
+    for line in order.lines:
+        totals[line.id] = line.total_gross - share(on_lines, lines_total, before, line.total_gross)
+        before += line.total_gross
+    return totals, max(order.shipping_gross - (gap - on_lines), 0)
+
+
+def _klarna_line(line: OrderLine, quantity: int, total: int) -> KlarnaLine:
+    unit = line.unit_gross
+    if quantity * unit < total:
+        unit = -(-total // quantity)
+    return KlarnaLine(
+        type="physical",
+        reference=line.reference,
+        name=line.name,
+        quantity=quantity,
+        unit_price=unit,
+        total_amount=total,
+        total_discount_amount=quantity * unit - total,
+        tax_rate=line.tax_rate_bp,
+        total_tax_amount=tax_of_gross(total, line.tax_rate_bp),
+    )
+
+
+def _capture_lines(order: ShopOrder, fulfillment: Fulfillment, books: _Books) -> list[KlarnaLine]:
     lines = []
     for fline in fulfillment.lines:
         line = order.line(fline.order_line_id)
         if line is None or fline.quantity <= 0:
             continue
-        before = min(positions.get((fulfillment.id, line.id), 0), line.quantity - fline.quantity)
-        total = share(line.total_gross, line.quantity, max(before, 0), fline.quantity)
-        unit = line.unit_gross
-        if fline.quantity * unit < total:
-            unit = -(-total // fline.quantity)
-        lines.append(
-            KlarnaLine(
-                type="physical",
-                reference=line.reference,
-                name=line.name,
-                quantity=fline.quantity,
-                unit_price=unit,
-                total_amount=total,
-                total_discount_amount=fline.quantity * unit - total,
-                tax_rate=line.tax_rate_bp,
-                total_tax_amount=tax_of_gross(total, line.tax_rate_bp),
-            )
-        )
+        tally = books.tally(line.reference)
+        quantity = min(fline.quantity, line.quantity)
+        before = min(tally.captured_units, line.quantity - quantity)
+        total = share(books.totals[line.id], line.quantity, before, quantity)
+        tally.captured_units += quantity
+        tally.captured += total
+        lines.append(_klarna_line(line, quantity, total))
     return lines
 
 
-def _shipping_line(order: ShopOrder) -> KlarnaLine:
-    gross, tax = order.shipping_gross, order.shipping_tax
-    rate = round(10000 * tax / (gross - tax)) if gross - tax > 0 and tax > 0 else 0
+def _shipping_line(order: ShopOrder, gross: int) -> KlarnaLine:
+    tax, net = order.shipping_tax, order.shipping_gross - order.shipping_tax
+    # Klarna's tax_rate from Saleor's amounts, rounded half up in integers (no floats).
+    rate = (20000 * tax + net) // (2 * net) if net > 0 and tax > 0 else 0
     return KlarnaLine("shipping_fee", SHIPPING_REFERENCE, "Shipping", 1, gross, gross, 0, rate, tax_of_gross(gross, rate))
-
-
-def _adjustment_line(gap: int) -> KlarnaLine:
-    """Order-level discount (gap > 0) or surcharge (gap < 0) that Saleor kept off the lines."""
-    kind, name = ("discount", "Order discount") if gap > 0 else ("surcharge", "Order surcharge")
-    return KlarnaLine(kind, ADJUSTMENT_REFERENCE, name, 1, -gap, -gap, 0, 0, 0)
 
 
 def _fully_fulfilled(order: ShopOrder) -> bool:
@@ -146,6 +192,7 @@ def _capture_gate(klarna: KlarnaOrder, now: datetime) -> Blocked | None:
 def _plan_captures(
     order: ShopOrder,
     klarna: KlarnaOrder,
+    books: _Books,
     options: Options,
     now: datetime,
     operations: list[PlannedOperation],
@@ -163,22 +210,18 @@ def _plan_captures(
     if gate is not None:
         blocked.append(gate)
         return
-    positions = _positions(order)
-    captured_types = {t for c in klarna.captures for t in c.line_types}
+    shipping_captured = "shipping_fee" in {t for c in klarna.captures for t in c.line_types}
     complete = _fully_fulfilled(order)
-    gap = sum(line.total_gross for line in order.lines) + order.shipping_gross - order.total_gross
     remaining = klarna.remaining
     for index, fulfillment in enumerate(pending):
-        lines = _fulfillment_lines(order, fulfillment, positions)
-        is_first, is_last = index == 0, index == len(pending) - 1
-        wants_shipping = is_first if options.shipping_with == "first" else (is_last and complete)
-        if order.shipping_gross > 0 and wants_shipping and "shipping_fee" not in captured_types:
-            lines.append(_shipping_line(order))
-        if gap and is_last and complete and not captured_types & {"discount", "surcharge"}:
-            lines.append(_adjustment_line(gap))
+        lines = _capture_lines(order, fulfillment, books)
+        is_last = index == len(pending) - 1
+        wants_shipping = index == 0 if options.shipping_with == "first" else (is_last and complete)
+        if books.shipping > 0 and wants_shipping and not shipping_captured:
+            lines.append(_shipping_line(order, books.shipping))
+            tally = books.tally(SHIPPING_REFERENCE)
+            tally.captured_units, tally.captured = 1, books.shipping
         amount = sum(line.total_amount for line in lines)
-        if amount <= 0:
-            continue
         if amount > remaining:
             blocked.append(
                 Blocked(
@@ -190,6 +233,7 @@ def _plan_captures(
             )
             return
         remaining -= amount
+        # An amount of 0 (free goods) is recorded, not sent: Klarna refuses empty captures.
         operations.append(
             PlannedOperation(
                 "capture",
@@ -202,35 +246,72 @@ def _plan_captures(
         )
 
 
+def _refundable(order: ShopOrder, klarna: KlarnaOrder, operations: list[PlannedOperation], books: _Books) -> dict[str, int]:
+    """Per line reference: units captured, not refunded, and not still kept in a captured shipment."""
+    captured_refs = {c.reference for c in klarna.captures} | {op.reference for op in operations if op.kind == "capture"}
+    kept: dict[str, int] = {}
+    for fulfillment in order.fulfillments:
+        if fulfillment.status in SHIPPED and fulfillment.id in captured_refs:
+            for fline in fulfillment.lines:
+                line = order.line(fline.order_line_id)
+                if line is not None:
+                    kept[line.reference] = kept.get(line.reference, 0) + fline.quantity
+    return {
+        reference: max(tally.captured_units - tally.refunded_units - kept.get(reference, 0), 0)
+        for reference, tally in books.lines.items()
+    }
+
+
+def _refund_lines(order: ShopOrder, fulfillment: Fulfillment, books: _Books, refundable: dict[str, int]) -> list[KlarnaLine]:
+    lines = []
+    for fline in fulfillment.lines:
+        line = order.line(fline.order_line_id)
+        if line is None:
+            continue
+        quantity = min(fline.quantity, refundable.get(line.reference, 0))
+        if quantity <= 0:
+            continue
+        refundable[line.reference] -= quantity
+        tally = books.tally(line.reference)
+        left = tally.captured_units - tally.refunded_units
+        if quantity >= left:
+            total = tally.captured - tally.refunded
+        else:
+            total = share(tally.captured, tally.captured_units, tally.refunded_units, quantity)
+        tally.refunded_units += quantity
+        tally.refunded += total
+        lines.append(_klarna_line(line, quantity, total))
+    return lines
+
+
 def _plan_refunds(
     order: ShopOrder,
     klarna: KlarnaOrder,
+    books: _Books,
     options: Options,
     operations: list[PlannedOperation],
     blocked: list[Blocked],
 ) -> None:
     refunded_refs = {r.reference for r in klarna.refunds}
-    captures = [op for op in operations if op.kind == "capture"]
-    available = klarna.captured + sum(op.amount for op in captures) - klarna.refunded
-    positions = _positions(order)
+    available = klarna.captured + sum(op.amount for op in operations if op.kind == "capture") - klarna.refunded
+    refundable = _refundable(order, klarna, operations, books)
     wanted: list[tuple[str, list[KlarnaLine], str]] = []
     for fulfillment in sorted(order.fulfillments, key=lambda f: f.number):
         if fulfillment.status in RETURNED and fulfillment.id not in refunded_refs:
-            wanted.append((fulfillment.id, _fulfillment_lines(order, fulfillment, positions), f"Return {fulfillment.number}"))
-    shipping_captured = any("shipping_fee" in c.line_types for c in klarna.captures) or any(
-        line.type == "shipping_fee" for op in captures for line in op.lines
-    )
+            lines = _refund_lines(order, fulfillment, books, refundable)
+            if lines:
+                wanted.append((fulfillment.id, lines, f"Return {fulfillment.number}"))
+    shipping = books.tally(SHIPPING_REFERENCE)
     if (
         order.status == "RETURNED"
         and options.refund_shipping_on_full_return
-        and shipping_captured
+        and shipping.captured > shipping.refunded
         and SHIPPING_REFERENCE not in refunded_refs
     ):
-        wanted.append((SHIPPING_REFERENCE, [_shipping_line(order)], "Shipping of a fully returned order"))
+        gross = shipping.captured - shipping.refunded
+        wanted.append((SHIPPING_REFERENCE, [_shipping_line(order, gross)], "Shipping of a fully returned order"))
     for reference, lines, description in wanted:
         amount = sum(line.total_amount for line in lines)
-        if amount <= 0:
-            continue
         if amount > available:
             blocked.append(
                 Blocked(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund, PlannedOperation
+from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund, PlannedOperation, RecordedLine
 
 
 def _time(value: str | None) -> datetime | None:
@@ -14,8 +14,17 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _types(lines: list[dict[str, Any]] | None) -> tuple[str, ...]:
-    return tuple(str(line.get("type") or "physical") for line in lines or [])
+def recorded_lines(lines: list[dict[str, Any]] | None) -> tuple[RecordedLine, ...]:
+    """Klarna's order_lines of a capture or refund (or of a request body we sent)."""
+    return tuple(
+        RecordedLine(
+            str(line.get("type") or "physical"),
+            str(line.get("reference") or ""),
+            int(line.get("quantity") or 0),
+            int(line.get("total_amount") or 0),
+        )
+        for line in lines or []
+    )
 
 
 def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
@@ -30,11 +39,11 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
         remaining=int(raw.get("remaining_authorized_amount", 0)),
         expires_at=_time(raw.get("expires_at")),
         captures=tuple(
-            KlarnaCapture(c["capture_id"], c.get("reference"), int(c.get("captured_amount", 0)), _types(c.get("order_lines")))
+            KlarnaCapture(c["capture_id"], c.get("reference"), int(c.get("captured_amount", 0)), recorded_lines(c.get("order_lines")))
             for c in raw.get("captures") or []
         ),
         refunds=tuple(
-            KlarnaRefund(r["refund_id"], r.get("reference"), int(r.get("refunded_amount", 0)), _types(r.get("order_lines")))
+            KlarnaRefund(r["refund_id"], r.get("reference"), int(r.get("refunded_amount", 0)), recorded_lines(r.get("order_lines")))
             for r in raw.get("refunds") or []
         ),
     )

@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 from plugin.crypto import SecretBox
 from plugin.db import Database
 from plugin.db.models import Installation, Note, Operation, ProcessException, utcnow
-from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, ShopOrder
+from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
 from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
 from plugin.klarna.errors import KlarnaError, KlarnaNotFoundError
-from plugin.klarna.orders import parse_order, request_body
+from plugin.klarna.orders import parse_order, recorded_lines, request_body
 from plugin.services import queue
 from plugin.services.merchant import MerchantSettings, SettingsStore
 
@@ -197,9 +197,9 @@ class _Context:
                         self._succeeded(session, op, getattr(found, "capture_id", None) or getattr(found, "refund_id", None))
                 if op.state == "succeeded":
                     if op.kind == "capture" and op.reference not in capture_refs:
-                        extra_captures.append(KlarnaCapture(op.klarna_resource_id or "", op.reference, op.amount, _line_types(op)))
+                        extra_captures.append(KlarnaCapture(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op)))
                     if op.kind == "refund" and op.reference not in refund_refs:
-                        extra_refunds.append(KlarnaRefund(op.klarna_resource_id or "", op.reference, op.amount, _line_types(op)))
+                        extra_refunds.append(KlarnaRefund(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op)))
         if extra_captures or extra_refunds:
             logger.warning("Klarna does not list operations the ledger recorded", extra=self._log_extra())
             state = replace(state, captures=state.captures + tuple(extra_captures), refunds=state.refunds + tuple(extra_refunds))
@@ -231,6 +231,11 @@ class _Context:
                 session.add(op)
             if not queue.renew(session, self.job, lease_seconds=self.deps.lease_seconds):
                 raise LeaseLost(f"job {self.job.id}")
+            if planned.amount == 0:
+                # Free goods: Klarna refuses an empty capture or refund; the ledger remembers the
+                # units so the next shipment of the line is valued after them.
+                op.state = "succeeded"
+                return True
             op.attempts += 1
             key = op.idempotency_key
             body = json.loads(op.request_body) if op.request_body else None
@@ -387,9 +392,9 @@ def _messages(exc: KlarnaError) -> str:
     return "; ".join(messages) if messages else str(exc)
 
 
-def _line_types(op: Operation) -> tuple[str, ...]:
+def _recorded(op: Operation) -> tuple[RecordedLine, ...]:
     body = json.loads(op.request_body) if op.request_body else {}
-    return tuple(line.get("type", "physical") for line in body.get("order_lines", []))
+    return recorded_lines(body.get("order_lines"))
 
 
 def _append_log(op: Operation, entry: dict[str, Any] | None) -> None:

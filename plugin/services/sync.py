@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
 from plugin.db import Database
 from plugin.db.models import Installation, Note, Operation, ProcessException, utcnow
-from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
+from plugin.domain.model import Action, KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
 from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
 from plugin.klarna.errors import KlarnaError, KlarnaNotFoundError
@@ -138,6 +138,8 @@ class _Context:
     # -- the run -------------------------------------------------------------------------------
 
     def run(self, merchant: MerchantSettings) -> None:
+        if Action(merchant.mapping.get(self.order.status, Action.NONE)) is Action.NONE and not self._has_pending():
+            return  # nothing to reflect: no need to ask Klarna
         klarna = self.deps.klarna_for(merchant)
         state = self._read_klarna(klarna)
         if state is None:
@@ -145,6 +147,7 @@ class _Context:
         state = self._reconcile(state)
         self.klarna_state = state
         planned = plan(self.order, state, merchant.mapping, merchant.options, now=self.deps.now())
+        self._supersede(planned.operations)
         for blocked in planned.blocked:
             if blocked.retry_later:
                 self.outcome.again_in = FRAUD_RECHECK_SECONDS
@@ -158,6 +161,15 @@ class _Context:
             if not self._perform(klarna, op):
                 break
 
+    def _supersede(self, operations: tuple[PlannedOperation, ...]) -> None:
+        """Pending rows Klarna does not have and the plan no longer wants (the order changed
+        before they were sent) are closed, so they are never sent later."""
+        wanted = {(op.kind, op.reference, op.amount) for op in operations}
+        with self.deps.db.transaction() as session:
+            for op in self._ops(session):
+                if op.state == "pending" and (op.kind, op.reference, op.amount) not in wanted:
+                    op.state = "superseded"
+
     def _read_klarna(self, klarna: KlarnaPort) -> KlarnaOrder | None:
         try:
             return parse_order(klarna.get_order(self.klarna_id).json)
@@ -168,6 +180,10 @@ class _Context:
                 raise Transient(str(exc), getattr(exc, "retry_after", None)) from None
             self.exception_once(getattr(exc, "error_code", None) or "KLARNA_ERROR", f"Klarna refused to read order {self.klarna_id}: {exc}", exc)
         return None
+
+    def _has_pending(self) -> bool:
+        with self.deps.db.transaction() as session:
+            return any(op.state == "pending" for op in self._ops(session))
 
     def _ops(self, session: Session) -> list[Operation]:
         return list(
@@ -185,7 +201,7 @@ class _Context:
         extra_captures, extra_refunds = [], []
         with self.deps.db.transaction() as session:
             for op in self._ops(session):
-                if op.state == "pending":
+                if op.state in ("pending", "failed"):
                     performed = (
                         (op.kind == "capture" and op.reference in capture_refs)
                         or (op.kind == "refund" and op.reference in refund_refs)
@@ -194,6 +210,13 @@ class _Context:
                     )
                     if performed:
                         found = capture_refs.get(op.reference) or refund_refs.get(op.reference)
+                        if op.state == "failed":
+                            # It failed only as far as we could tell (a lost response): Klarna has it.
+                            session.execute(
+                                update(ProcessException)
+                                .where(ProcessException.operation_id == op.id, ProcessException.state == "open")
+                                .values(state="resolved", resolved_at=utcnow())
+                            )
                         self._succeeded(session, op, getattr(found, "capture_id", None) or getattr(found, "refund_id", None))
                 if op.state == "succeeded":
                     if op.kind == "capture" and op.reference not in capture_refs:
@@ -215,9 +238,10 @@ class _Context:
                     Operation.kind == planned.kind,
                     Operation.reference == planned.reference,
                     Operation.amount == planned.amount,
-                    Operation.state.in_(("pending", "succeeded", "failed")),
                 )
             )
+            if op is not None and op.state == "superseded":
+                op.state = "pending"  # wanted again: the same intent keeps its key
             if op is not None and op.state != "pending":
                 return op.state == "succeeded"
             if op is None:
@@ -268,21 +292,26 @@ class _Context:
             op.error_code = getattr(exc, "error_code", None) or exc.__class__.__name__
             op.error_message = str(exc)[:2000]
             op.correlation_id = getattr(exc, "correlation_id", None)
-            if not final:
-                raise Transient(str(exc), getattr(exc, "retry_after", None))
-            op.state = "failed"
-            amount = format_minor(planned.amount, self.order.currency)
-            reason = f"{op.error_code}: {_messages(exc)}" + (f" (correlation id {op.correlation_id})" if op.correlation_id else "")
-            if exc.retryable:
-                reason = f"still failing after {self.job.attempts} attempts: {reason}"
-            message = f"Klarna: {planned.kind} of {amount} failed: {reason}. Retry it from the app's process exceptions."
-            session.add(ProcessException(
-                saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, operation_id=op.id,
-                error_code=op.error_code, message=message, correlation_id=op.correlation_id, log=op.log,
-            ))  # fmt: skip
-            self._add_note(session, f"op:{op.id}:failed:{op.generation}", message)
-        logger.warning("Klarna operation failed", extra=self._log_extra(op_kind=planned.kind, error_code=op.error_code))
+            if final:
+                self._fail(session, op, planned, exc)
+        if not final:
+            # The row stays pending: the retry re-sends it with the same key.
+            raise Transient(str(exc), getattr(exc, "retry_after", None))
+        logger.warning("Klarna operation failed", extra=self._log_extra(op_kind=planned.kind, error_code=exc.__class__.__name__))
         return False
+
+    def _fail(self, session: Session, op: Operation, planned: PlannedOperation, exc: KlarnaError) -> None:
+        op.state = "failed"
+        amount = format_minor(planned.amount, self.order.currency)
+        reason = f"{op.error_code}: {_messages(exc)}" + (f" (correlation id {op.correlation_id})" if op.correlation_id else "")
+        if exc.retryable:
+            reason = f"still failing after {self.job.attempts} attempts: {reason}"
+        message = f"Klarna: {planned.kind} of {amount} failed: {reason}. Retry it from the app's process exceptions."
+        session.add(ProcessException(
+            saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, operation_id=op.id,
+            error_code=op.error_code, message=message, correlation_id=op.correlation_id, log=op.log,
+        ))  # fmt: skip
+        self._add_note(session, f"op:{op.id}:failed:{op.generation}", message)
 
     def _by_key(self, session: Session, key: str) -> Operation:
         return session.scalars(select(Operation).where(Operation.idempotency_key == key)).one()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from plugin.app import Services, create_app
 from plugin.db import NotMigratedError
-from plugin.db.models import Installation, Operation, ProcessException, utcnow
+from plugin.db.models import Installation, ProcessException
 from plugin.services import queue
 from plugin.services.merchant import SettingsInvalid, validate
 from plugin.settings import ConfigError, Settings
@@ -216,33 +216,15 @@ def ops_list(show_all: bool) -> None:
 @click.argument("exception_id", type=int)
 def ops_retry(exception_id: int) -> None:
     """Retry the failed operation behind exception ID (a fresh idempotency key) and resync the order."""
+    from plugin.services.exceptions import ExceptionNotOpen, retry_exception
+
     services = _services()
-    with services.db.transaction() as session:
-        message = retry_exception(session, exception_id)
+    try:
+        with services.db.transaction() as session:
+            message = retry_exception(session, exception_id)
+    except ExceptionNotOpen as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(message)
-
-
-def retry_exception(session, exception_id: int) -> str:  # type: ignore[no-untyped-def]
-    """Shared by the CLI and the dashboard: reopen the operation and enqueue the order."""
-    from plugin.domain.model import PlannedOperation
-    from plugin.services.sync import idempotency_key
-
-    exc = session.get(ProcessException, exception_id)
-    if exc is None:
-        raise click.ClickException(f"no exception #{exception_id}")
-    if exc.state != "open":
-        raise click.ClickException(f"exception #{exception_id} is {exc.state}")
-    if exc.operation_id is not None:
-        op = session.get(Operation, exc.operation_id)
-        if op is not None and op.state == "failed":
-            op.generation += 1
-            op.state = "pending"
-            planned = PlannedOperation(op.kind, op.reference, op.amount)
-            op.idempotency_key = idempotency_key(op.saleor_api_url, op.order_id, op.klarna_order_id, planned, op.generation)
-    exc.state = "retried"
-    exc.resolved_at = utcnow()
-    queue.enqueue(session, exc.saleor_api_url, exc.order_id)
-    return f"exception #{exception_id} retried; order {exc.order_id} queued"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,8 @@ mutation KlarnaOmSummary($id: ID!, $input: [MetadataInput!]!) {
 """
 
 APP_ID = "{ app { id } }"
+CHANNELS = "query KlarnaOmChannels { channels { slug name currencyCode } }"
+SHOP = "query KlarnaOmShop { shop { fulfillmentAllowUnpaid } }"
 
 
 class SaleorError(Exception):
@@ -152,6 +154,16 @@ class SaleorClient:
             data = self._execute(NOTE_ADD_LEGACY, {"order": order_id, "message": message})["orderAddNote"]
         if data is None or data.get("errors"):
             raise SaleorError(f"note refused: {data and data.get('errors')}")
+
+    def list_channels(self) -> list[dict[str, Any]]:
+        """The shop's channels: ``[{"slug", "name", "currencyCode"}]``."""
+        return [c for c in self._execute(CHANNELS, {}).get("channels") or [] if c and c.get("slug")]
+
+    def fulfillment_allow_unpaid(self) -> bool | None:
+        """``shop.fulfillmentAllowUnpaid`` (capture on shipment needs it), None when Saleor does not say."""
+        shop = self._execute(SHOP, {}).get("shop")
+        value = shop.get("fulfillmentAllowUnpaid") if isinstance(shop, dict) else None
+        return value if isinstance(value, bool) else None
 
     def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
         items = [{"key": k, "value": v} for k, v in values.items()]

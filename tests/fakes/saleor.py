@@ -270,6 +270,7 @@ class _QuietHandler(WSGIRequestHandler):
 class FakeSaleor:
     has_order_note_add: bool = True  # False: behave like Saleor < 3.15 (orderAddNote only)
     fulfillment_allow_unpaid: bool = True  # shop.fulfillmentAllowUnpaid (DESIGN §7)
+    channels: tuple[dict, ...] = ({"slug": "default-channel", "name": "Default Channel", "currencyCode": "USD"},)
 
     def __init__(self, *, app_transport: Callable[[str, str, dict, bytes | None], tuple[int, dict, bytes]] | None = None):
         self.app_transport = app_transport or requests_transport
@@ -978,6 +979,15 @@ class _Root:
             if id is None:
                 return fake._app_view() if self.caller["kind"] == "app" else None
             return fake._app_view() if id == fake.app_id and fake.app_id else None
+
+    def channels(self, _info: Any) -> list[dict]:
+        # Saleor lists channels to any authenticated app or staff user.
+        if self.caller is None:
+            raise PermissionDenied("AUTHENTICATED_STAFF_USER", "AUTHENTICATED_APP")
+        return [dict(c) for c in self.fake.channels]
+
+    def shop(self, _info: Any) -> dict:
+        return {"fulfillmentAllowUnpaid": self.fake.fulfillment_allow_unpaid}
 
     def order(self, _info: Any, id: str | None = None, externalReference: str | None = None) -> dict | None:  # noqa: A002, N803
         self._require("MANAGE_ORDERS")

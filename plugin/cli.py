@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import signal
 import sys
+from dataclasses import replace
 from datetime import timezone
 
 import click
@@ -59,9 +60,11 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
     from plugin.worker import Worker
 
     settings = _settings()
+    if "KLARNA_APP_PUBLIC_URL" not in os.environ:
+        settings = replace(settings, public_url=f"http://{host}:{port}")
     _setup_logging(settings.log_level)
     services = Services.build(settings)
-    embedded = settings.database_url.startswith("sqlite") and "DATABASE_URL" not in __import__("os").environ
+    embedded = settings.database_url.startswith("sqlite") and "DATABASE_URL" not in os.environ
     if migrate if migrate is not None else embedded:
         services.db.upgrade()
     try:

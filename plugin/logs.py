@@ -33,4 +33,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("werkzeug").setLevel("WARNING")
+    for noisy in ("werkzeug", "alembic"):
+        logging.getLogger(noisy).setLevel("WARNING")

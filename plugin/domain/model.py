@@ -86,6 +86,7 @@ class ShopOrder:
     shipping_tax: int
     total_gross: int
     klarna_order_id: KlarnaOrderId | None
+    notes: frozenset[str] = frozenset()  # messages of the notes already on the order
 
     def line(self, line_id: str) -> OrderLine | None:
         return next((line for line in self.lines if line.id == line_id), None)

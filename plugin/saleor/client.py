@@ -34,6 +34,7 @@ query KlarnaOmOrder($id: ID!) {
     payments { gateway pspReference }
     metadata { key value }
     privateMetadata { key value }
+    events { type message }
   }
 }
 """
@@ -235,4 +236,5 @@ def parse_order(raw: dict[str, Any], metadata_key: str = "klarna_order_id") -> S
         shipping_tax=_money(shipping.get("tax"), currency),
         total_gross=_money(raw["total"]["gross"], currency),
         klarna_order_id=find_klarna_order_id(raw, metadata_key),
+        notes=frozenset(e["message"] for e in raw.get("events") or [] if e.get("type") == "NOTE_ADDED" and e.get("message")),
     )

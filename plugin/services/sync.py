@@ -306,7 +306,8 @@ class _Context:
         reason = f"{op.error_code}: {_messages(exc)}" + (f" (correlation id {op.correlation_id})" if op.correlation_id else "")
         if exc.retryable:
             reason = f"still failing after {self.job.attempts} attempts: {reason}"
-        message = f"Klarna: {planned.kind} of {amount} failed: {reason}. Retry it from the app's process exceptions."
+        retry = f" (retry {op.generation})" if op.generation else ""
+        message = f"Klarna: {planned.kind} of {amount} failed{retry}: {reason}. Retry it from the app's process exceptions."
         session.add(ProcessException(
             saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, operation_id=op.id,
             error_code=op.error_code, message=message, correlation_id=op.correlation_id, log=op.log,
@@ -366,6 +367,11 @@ class _Context:
                     note.state = "skipped"
                 return
         for note in pending:
+            if note.message in self.order.notes:
+                # Written by a run that died before recording it: Saleor has it already.
+                with self.deps.db.transaction() as session:
+                    session.get(Note, note.id).state = "written"  # type: ignore[union-attr]
+                continue
             try:
                 self.saleor.add_note(self.order.id, note.message)
             except Exception as exc:  # noqa: BLE001 - any failure leaves the note pending

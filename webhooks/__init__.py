@@ -13,7 +13,9 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from plugin.db.models import Delivery, Installation
+from sqlalchemy import insert
+
+from plugin.db.models import Delivery, utcnow
 from plugin.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
 from plugin.saleor import jws
 from plugin.services import installations, queue
@@ -148,10 +150,8 @@ def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
         return None, _webhook_error(400, "MISSING_SIGNATURE_HEADER", "Missing saleor-signature header")
     if not raw:
         return None, _webhook_error(400, "MISSING_REQUEST_BODY", "Missing request body")
-    with services.db.transaction() as session:
-        installation = session.get(Installation, saleor_api_url)
-        if installation is not None:
-            session.expunge(installation)
+    with services.db.engine.connect() as conn:
+        installation = installations.load_keys(conn, saleor_api_url)
     if installation is None:
         return None, _webhook_error(401, "NOT_REGISTERED", "The app is not installed in this Saleor")
     verifier = current_app.extensions.setdefault(
@@ -183,13 +183,13 @@ def order_events():  # type: ignore[no-untyped-def]
     # The app's own notes and metadata come back as events: nothing to sync for those.
     own = parsed.principal_id == installation.app_id
     services = _services()
-    with services.db.transaction() as session:
-        session.add(Delivery(
-            saleor_api_url=installation.saleor_api_url, event=event, order_id=parsed.order_id,
-            principal=parsed.principal_id, enqueued=not own,
-        ))  # fmt: skip
+    with services.db.engine.begin() as conn:
+        conn.execute(insert(Delivery), {
+            "saleor_api_url": installation.saleor_api_url, "event": event, "order_id": parsed.order_id,
+            "principal": parsed.principal_id, "enqueued": not own, "received_at": utcnow(),
+        })  # fmt: skip
         if not own:
-            queue.enqueue(session, installation.saleor_api_url, parsed.order_id)
+            queue.enqueue(conn, installation.saleor_api_url, parsed.order_id)
     WEBHOOKS_RECEIVED.labels(event).inc()
     worker = current_app.extensions.get("klarna_om_worker")
     if worker is not None and not own:

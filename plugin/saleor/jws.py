@@ -8,6 +8,7 @@ replacing its only key), see ``webhooks`` and ``dashboard_ext``.
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import json
 from typing import Any
@@ -42,8 +43,9 @@ def b64url_decode(data: str) -> bytes:
         raise MalformedSignature("not base64url") from None
 
 
+@functools.lru_cache(maxsize=64)
 def public_keys(jwks_text: str) -> dict[str, rsa.RSAPublicKey]:
-    """The RSA verification keys of a JWKS document, by kid."""
+    """The RSA verification keys of a JWKS document, by kid (memoized: the text is the key)."""
     try:
         doc = json.loads(jwks_text)
         keys = {}

@@ -7,7 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import delete
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
@@ -26,6 +28,22 @@ REFETCH_BAD_SIGNATURE = 60.0
 
 class RefetchThrottled(Exception):
     """The key is unknown and the JWKS was fetched moments ago: try again later."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What verifying a request needs: read with one light query on every webhook."""
+
+    saleor_api_url: str
+    app_id: str
+    jwks: str
+
+
+def load_keys(conn: Connection, saleor_api_url: str) -> Keys | None:
+    row = conn.execute(
+        select(Installation.app_id, Installation.jwks).where(Installation.saleor_api_url == saleor_api_url)
+    ).first()
+    return Keys(saleor_api_url, row.app_id, row.jwks) if row else None
 
 
 def save(session: Session, box: SecretBox, *, saleor_api_url: str, app_id: str, token: str, jwks_text: str) -> None:
@@ -54,7 +72,7 @@ class JwksVerifier:
         self._last_fetch: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def verify(self, installation: Installation, check: Callable[[str], object]) -> object:
+    def verify(self, installation: Keys | Installation, check: Callable[[str], object]) -> object:
         try:
             return check(installation.jwks)
         except (jws.UnknownKey, jws.BadSignature) as first:

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, and_, bindparam, case, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from plugin.db.models import Job, utcnow
+from plugin.db.models import Job, UTCDateTime, utcnow
 
 
 @dataclass(frozen=True)
@@ -25,26 +24,24 @@ class ClaimedJob:
     owner: str
 
 
-def enqueue(session: Session, saleor_api_url: str, order_id: str, *, now: datetime | None = None, delay: float = 0) -> None:
+# One statement for PostgreSQL and SQLite (>= 3.24), built once: the webhook path runs it on every
+# event, and SQLAlchemy cannot cache a dialect-specific ON CONFLICT construct.
+_ENQUEUE = text(
+    "INSERT INTO jobs (saleor_api_url, order_id, requested_seq, done_seq, claimed_seq, run_after, attempts,"
+    " created_at, updated_at) VALUES (:url, :order_id, 1, 0, 0, :due, 0, :now, :now)"
+    " ON CONFLICT (saleor_api_url, order_id) DO UPDATE SET"
+    " requested_seq = jobs.requested_seq + 1,"
+    # A waiting job keeps its schedule (it may be backing off); an idle one runs at once.
+    " run_after = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN excluded.run_after ELSE jobs.run_after END,"
+    " attempts = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN 0 ELSE jobs.attempts END,"
+    " updated_at = excluded.updated_at"
+).bindparams(bindparam("due", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+
+
+def enqueue(conn: Session | Connection, saleor_api_url: str, order_id: str, *, now: datetime | None = None, delay: float = 0) -> None:
     """Ask for a sync of the order; coalesces with a job for it that is still waiting."""
     now = now or utcnow()
-    due = now + timedelta(seconds=delay)
-    insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(Job)
-    idle = Job.done_seq >= Job.requested_seq
-    statement = insert.values(
-        saleor_api_url=saleor_api_url, order_id=order_id, requested_seq=1, done_seq=0, claimed_seq=0,
-        run_after=due, attempts=0, created_at=now, updated_at=now,
-    ).on_conflict_do_update(
-        index_elements=[Job.saleor_api_url, Job.order_id],
-        set_={
-            "requested_seq": Job.requested_seq + 1,
-            # A waiting job keeps its schedule (it may be backing off); an idle one runs now.
-            "run_after": case((idle, due), else_=Job.run_after),
-            "attempts": case((idle, 0), else_=Job.attempts),
-            "updated_at": now,
-        },
-    )  # fmt: skip
-    session.execute(statement)
+    conn.execute(_ENQUEUE, {"url": saleor_api_url, "order_id": order_id, "due": now + timedelta(seconds=delay), "now": now})
 
 
 def _due(now: datetime):  # type: ignore[no-untyped-def]

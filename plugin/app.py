@@ -42,7 +42,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         box = SecretBox(settings.secret_keys)
-        services = cls(settings=settings, db=Database(settings.database_url), box=box, store=SettingsStore(box))
+        services = cls(settings=settings, db=Database(settings.database_url, settings.db_pool_size), box=box, store=SettingsStore(box))
         services.saleor_for = services._saleor_client
         services.klarna_for = services._klarna_client
         return services

@@ -41,6 +41,7 @@ class Settings:
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     klarna_rate_per_second: float = 25.0
+    db_pool_size: int = 10
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -66,6 +67,7 @@ class Settings:
             worker_concurrency=_int(get("WORKER_CONCURRENCY"), cls.worker_concurrency, "WORKER_CONCURRENCY"),
             max_attempts=_int(get("MAX_ATTEMPTS"), cls.max_attempts, "MAX_ATTEMPTS"),
             klarna_rate_per_second=_int(get("KLARNA_RATE_PER_SECOND"), 25, "KLARNA_RATE_PER_SECOND"),
+            db_pool_size=_int(get("DB_POOL_SIZE"), cls.db_pool_size, "DB_POOL_SIZE"),
         )
         return settings.validated()
 

@@ -18,7 +18,7 @@ class NotMigratedError(Exception):
     """The database schema is not at the newest migration."""
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 10) -> Engine:
     """An engine with pooling suited to the backend; SQLite gets WAL and foreign keys."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -37,15 +37,16 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # pre_ping: a connection PostgreSQL dropped is replaced before use instead of failing a request.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 class Database:
     """Holds the engine and the session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

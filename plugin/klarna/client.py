@@ -170,6 +170,7 @@ class KlarnaOrdersClient:
         self._timeout = timeout
         self._user_agent = user_agent or default_user_agent()
         self._rate_limiter = rate_limiter
+        self._env_settings: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"KlarnaOrdersClient(base_url={self._base_url!r})"
@@ -311,7 +312,7 @@ class KlarnaOrdersClient:
         if self._rate_limiter is not None:
             self._rate_limiter.acquire()
 
-        settings = self._session.merge_environment_settings(url, {}, None, None, None)
+        settings = self._environment_settings(url)
         started = time.monotonic()
         try:
             response = self._session.send(
@@ -362,6 +363,13 @@ class KlarnaOrdersClient:
             log=log,
         )
 
+    def _environment_settings(self, url: str) -> dict[str, Any]:
+        """Proxy and CA settings from the environment, read once per client (requests re-reads
+        ``os.environ`` on every call otherwise)."""
+        if self._env_settings is None:
+            self._env_settings = self._session.merge_environment_settings(url, {}, None, None, None)
+        return self._env_settings
+
     @staticmethod
     def _log_call(
         operation: str,
@@ -391,7 +399,7 @@ class KlarnaOrdersClient:
 def _new_session() -> requests.Session:
     session = requests.Session()
     # max_retries=0: urllib3 must not retry on its own; the worker decides (STYLE H8).
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

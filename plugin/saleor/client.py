@@ -5,6 +5,7 @@ Only this module knows the shape of Saleor's GraphQL answers; it returns domain 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 import requests
 from gql import Client, GraphQLRequest
+from graphql import DocumentNode, parse
 from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
 
@@ -60,6 +62,12 @@ mutation KlarnaOmSummary($id: ID!, $input: [MetadataInput!]!) {
 APP_ID = "{ app { id } }"
 CHANNELS = "query KlarnaOmChannels { channels { slug name currencyCode } }"
 SHOP = "query KlarnaOmShop { shop { fulfillmentAllowUnpaid } }"
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(document: str) -> DocumentNode:
+    """Our documents are constants: parse each once, not on every call."""
+    return parse(document)
 
 
 class SaleorError(Exception):
@@ -118,7 +126,8 @@ class SaleorClient:
             if self._session is None:
                 self._session = self._client.connect_sync()
             try:
-                return self._session.execute(GraphQLRequest(document, variable_values=variables))  # type: ignore[no-any-return]
+                request = GraphQLRequest(_parsed(document), variable_values=variables)
+                return self._session.execute(request)  # type: ignore[no-any-return]
             except TransportQueryError as exc:
                 raise SaleorError(f"GraphQL error: {exc.errors}") from None
             except (TransportError, requests.RequestException) as exc:

@@ -95,16 +95,15 @@ def sync_order(deps: SyncDeps, job: queue.ClaimedJob) -> Outcome:
             return Outcome(skipped="installation removed")
         token = deps.box.decrypt(installation.token_encrypted)
         app_id = installation.app_id
+        by_channel = {m.channel: m for m in deps.store.all(session, job.saleor_api_url)}
     saleor = deps.saleor_for(job.saleor_api_url, token)
-    with deps.db.transaction() as session:
-        any_settings = deps.store.get(session, job.saleor_api_url, "*")
-    metadata_key = any_settings.options.klarna_id_metadata_key if any_settings else "klarna_order_id"
+    any_channel = by_channel.get("*")
+    metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
     order = _call_saleor(lambda: saleor.get_order(job.order_id, metadata_key))
     if order is None or order.klarna_order_id is None:
         return Outcome(skipped="not a Klarna order")
     ctx = _Context(deps, job, saleor, order, app_id)
-    with deps.db.transaction() as session:
-        merchant = deps.store.get(session, job.saleor_api_url, order.channel_slug)
+    merchant = by_channel.get(order.channel_slug, any_channel)
     if merchant is None or not merchant.has_credentials:
         ctx.exception_once(
             "NOT_CONFIGURED",

@@ -164,7 +164,8 @@ class KlarnaOrdersClient:
         rate_limiter: RateLimiter | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._auth = HTTPBasicAuth(username, password)
+        # Bytes: requests would encode str credentials as Latin-1 and fail on anything else.
+        self._auth = HTTPBasicAuth(username.encode(), password.encode())
         self._owns_session = session is None
         self._session = session if session is not None else _new_session()
         self._timeout = timeout

@@ -83,11 +83,13 @@ def validate(data: dict[str, Any], *, existing: MerchantSettings | None = None) 
     if environment not in ENVIRONMENTS:
         errors["environment"] = f"one of {', '.join(ENVIRONMENTS)}"
     username = data.get("username", existing.username if existing else "")
-    if not isinstance(username, str) or len(username) > 255 or ":" in username:
-        errors["username"] = "the Klarna API username (no colon, at most 255 characters)"
+    if not isinstance(username, str) or len(username) > 255 or ":" in username or not _printable_ascii(username):
+        errors["username"] = "the Klarna API username (printable ASCII, no colon, at most 255 characters)"
     password = data.get("password", existing.password if existing else None)
-    if password is not None and (not isinstance(password, str) or not password or len(password) > 1024):
-        errors["password"] = "the Klarna API password (at most 1024 characters)"
+    if password is not None and (
+        not isinstance(password, str) or not password or len(password) > 1024 or not _printable_ascii(password)
+    ):
+        errors["password"] = "the Klarna API password (printable ASCII, at most 1024 characters)"
     mapping = dict(existing.mapping) if existing else dict(DEFAULT_MAPPING)
     raw_mapping = data.get("mapping", {})
     if not isinstance(raw_mapping, dict):
@@ -112,6 +114,11 @@ def validate(data: dict[str, Any], *, existing: MerchantSettings | None = None) 
     if errors:
         raise SettingsInvalid(errors)
     return MerchantSettings(channel, region, environment, username, password, mapping, options)
+
+
+def _printable_ascii(value: str) -> bool:
+    # Klarna's usernames and API keys are ASCII; anything else is a paste error.
+    return all(" " <= ch <= "~" for ch in value)
 
 
 def _options(raw: Any, base: Options, errors: dict[str, str]) -> Options:

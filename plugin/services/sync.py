@@ -366,6 +366,10 @@ class _Context:
                     note.state = "skipped"
                 return
         for note in pending:
+            with self.deps.db.transaction() as session:
+                # A worker whose lease ran out must not write: the one that took over will.
+                if not queue.renew(session, self.job, lease_seconds=self.deps.lease_seconds):
+                    raise LeaseLost(f"job {self.job.id}")
             if note.message in self.order.notes:
                 # Written by a run that died before recording it: Saleor has it already.
                 with self.deps.db.transaction() as session:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
@@ -39,10 +39,11 @@ class Keys:
     jwks: str
 
 
+_KEYS = select(Installation.app_id, Installation.jwks).where(Installation.saleor_api_url == bindparam("url"))
+
+
 def load_keys(conn: Connection, saleor_api_url: str) -> Keys | None:
-    row = conn.execute(
-        select(Installation.app_id, Installation.jwks).where(Installation.saleor_api_url == saleor_api_url)
-    ).first()
+    row = conn.execute(_KEYS, {"url": saleor_api_url}).first()
     return Keys(saleor_api_url, row.app_id, row.jwks) if row else None
 
 

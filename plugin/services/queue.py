@@ -53,28 +53,29 @@ def _due(now: datetime):  # type: ignore[no-untyped-def]
 
 
 def claim(session: Session, owner: str, *, lease_seconds: int, limit: int = 1, now: datetime | None = None) -> list[ClaimedJob]:
-    """Lease up to ``limit`` due jobs for ``owner``; commit the session afterwards."""
+    """Lease up to ``limit`` due jobs for ``owner`` in one statement; commit the session afterwards.
+
+    PostgreSQL: the inner SELECT locks with FOR UPDATE SKIP LOCKED, so concurrent claimers take
+    different rows. SQLite runs the whole UPDATE under its single write lock.
+    """
     now = now or utcnow()
-    query = select(Job.id).where(_due(now)).order_by(Job.run_after, Job.id).limit(limit)
+    due = select(Job.id).where(_due(now)).order_by(Job.run_after, Job.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    claimed = []
-    for job_id in session.scalars(query).all():
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, _due(now))
-            .values(
-                leased_until=now + timedelta(seconds=lease_seconds),
-                lease_owner=owner,
-                claimed_seq=Job.requested_seq,
-                attempts=Job.attempts + 1,
-                updated_at=now,
-            )
-            .returning(Job.id, Job.saleor_api_url, Job.order_id, Job.attempts)
-        ).first()
-        if result is not None:
-            claimed.append(ClaimedJob(result.id, result.saleor_api_url, result.order_id, result.attempts, owner))
-    return claimed
+        due = due.with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(due.scalar_subquery()), _due(now))
+        .values(
+            leased_until=now + timedelta(seconds=lease_seconds),
+            lease_owner=owner,
+            claimed_seq=Job.requested_seq,
+            attempts=Job.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Job.id, Job.saleor_api_url, Job.order_id, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [ClaimedJob(row.id, row.saleor_api_url, row.order_id, row.attempts, owner) for row in rows]
 
 
 def renew(session: Session, job: ClaimedJob, *, lease_seconds: int) -> bool:

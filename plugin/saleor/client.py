@@ -70,6 +70,21 @@ def _parsed(document: str) -> DocumentNode:
     return parse(document)
 
 
+class _Request(GraphQLRequest):
+    """A constant document: parsed once, and sent as written (gql would print the AST back each time)."""
+
+    def __init__(self, document: str, variables: dict[str, Any]) -> None:
+        super().__init__(_parsed(document), variable_values=variables)
+        self._text = document
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"query": self._text}
+        if self.variable_values:
+            payload["variables"] = self.variable_values
+        return payload
+
+
 class SaleorError(Exception):
     """Saleor could not be reached or refused the call."""
 
@@ -126,7 +141,7 @@ class SaleorClient:
             if self._session is None:
                 self._session = self._client.connect_sync()
             try:
-                request = GraphQLRequest(_parsed(document), variable_values=variables)
+                request = _Request(document, variables)
                 return self._session.execute(request)  # type: ignore[no-any-return]
             except TransportQueryError as exc:
                 raise SaleorError(f"GraphQL error: {exc.errors}") from None

@@ -45,6 +45,15 @@ def _json_object() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@bp.url_value_preprocessor
+def _check_path_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Channel slugs and order ids are stored as strings of at most 255 characters without NUL."""
+    for name in ("channel", "order_id"):
+        value = (values or {}).get(name)
+        if isinstance(value, str) and (not value or len(value) > 255 or "\x00" in value):
+            raise Refused(400, "BAD_ID", f"{name} is not a valid id")
+
+
 @bp.errorhandler(Refused)
 def _refused(exc: Refused) -> tuple[Response, int]:
     return jsonify(error={"type": exc.code, "message": exc.message}), exc.status
@@ -179,13 +188,13 @@ def _resolve(exception_id: int, action: Any) -> Any:
     return jsonify(message=message, open_count=count)
 
 
-@bp.post(f"{API}/exceptions/<int:exception_id>/retry")
+@bp.post(f"{API}/exceptions/<int(min=1, max=9223372036854775807):exception_id>/retry")
 def retry_exception(exception_id: int) -> Any:
     """Retry the failed operation behind the exception (a fresh idempotency key) and resync the order."""
     return _resolve(exception_id, dashboard.retry_open_exception)
 
 
-@bp.post(f"{API}/exceptions/<int:exception_id>/dismiss")
+@bp.post(f"{API}/exceptions/<int(min=1, max=9223372036854775807):exception_id>/dismiss")
 def dismiss_exception(exception_id: int) -> Any:
     """Close the exception without acting."""
     return _resolve(exception_id, dashboard.dismiss_exception)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from plugin.crypto import SecretBox
@@ -100,8 +100,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         code = (exc.name or "error").upper().replace(" ", "_")
         return jsonify(error={"type": code, "message": exc.description}), exc.code
 
+    # Only a database that cannot be reached is "retry later"; any other database error is a bug
+    # (inputs are validated at the edges) and stays a 500.
     @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
+    @app.errorhandler(InterfaceError)
     def _database_down(exc: Exception):  # type: ignore[no-untyped-def]
         logger.error("database unavailable", extra={"error": exc.__class__.__name__})
         response = jsonify(error={"type": "DATABASE_UNAVAILABLE", "message": "The database is unavailable; retry later."})

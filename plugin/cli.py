@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import replace
 from datetime import timezone
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from plugin.app import Services, create_app
 from plugin.db import NotMigratedError
@@ -27,14 +29,23 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _services(*, require_migrated: bool = True) -> Services:
+def _services(*, require_migrated: bool = True, wait: float = 15.0) -> Services:
+    """Services for a command; waits up to ``wait`` seconds for the database to answer."""
     services = Services.build(_settings())
-    if require_migrated:
+    deadline = time.monotonic() + wait
+    while True:
         try:
-            services.db.check_migrated()
+            if require_migrated:
+                services.db.check_migrated()
+            else:
+                services.db.current_revision()
+            return services
         except NotMigratedError as exc:
             raise click.ClickException(str(exc)) from None
-    return services
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() >= deadline:
+                raise click.ClickException(f"the database does not answer: {exc.__class__.__name__}") from None
+            time.sleep(0.5)
 
 
 def _setup_logging(level: str) -> None:

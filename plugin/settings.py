@@ -68,6 +68,7 @@ class Settings:
             max_attempts=_int(get("MAX_ATTEMPTS"), cls.max_attempts, "MAX_ATTEMPTS"),
             klarna_rate_per_second=_int(get("KLARNA_RATE_PER_SECOND"), 25, "KLARNA_RATE_PER_SECOND"),
             db_pool_size=_int(get("DB_POOL_SIZE"), cls.db_pool_size, "DB_POOL_SIZE"),
+            retry_base_seconds=_float(get("RETRY_BASE_SECONDS"), cls.retry_base_seconds, "RETRY_BASE_SECONDS"),
         )
         return settings.validated()
 
@@ -131,6 +132,18 @@ def _int(value: str, default: int, name: str) -> int:
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be an integer, got {value!r}") from None
     if number <= 0:
+        raise ConfigError(f"{PREFIX}{name} must be positive")
+    return number
+
+
+def _float(value: str, default: float, name: str) -> float:
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {value!r}") from None
+    if not number > 0:
         raise ConfigError(f"{PREFIX}{name} must be positive")
     return number
 

@@ -13,12 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 
 from plugin.app import Services, create_app
 from plugin.db import Database
 from plugin.db.models import Base
 from plugin.settings import Settings
+
+# No per-example deadline (a loaded machine is not a bug); CI replays the same examples every run
+# (HYPOTHESIS_PROFILE=ci), so a red run is a real finding, reproducible, not a lucky draw.
+hypothesis_settings.register_profile("default", deadline=None)
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SAMPLES = SHARED / "reference" / "saleor-samples"

@@ -34,17 +34,25 @@ def _object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def _global_id(value: object) -> str | None:
+    """A Saleor global id as we store it: non-empty, at most 255 characters, no NUL."""
+    if isinstance(value, str) and value and len(value) <= 255 and "\x00" not in value:
+        return value
+    return None
+
+
 def parse_order_event(body: bytes) -> OrderEvent:
     data = _object(body)
     recipient = data.get("recipient")
     order = data.get("order")
-    if not isinstance(recipient, dict) or not isinstance(recipient.get("id"), str):
-        raise PayloadError("recipient.id missing")
-    if not isinstance(order, dict) or not isinstance(order.get("id"), str) or not order["id"]:
-        raise PayloadError("order.id missing")
+    if not isinstance(recipient, dict) or _global_id(recipient.get("id")) is None:
+        raise PayloadError("recipient.id missing or not an id")
+    order_id = _global_id(order.get("id")) if isinstance(order, dict) else None
+    if order_id is None:
+        raise PayloadError("order.id missing or not an id")
     principal = data.get("issuingPrincipal")
-    principal_id = principal.get("id") if isinstance(principal, dict) and isinstance(principal.get("id"), str) else None
-    return OrderEvent(str(data.get("__typename", "")), recipient["id"], principal_id, order["id"])
+    principal_id = _global_id(principal.get("id")) if isinstance(principal, dict) else None
+    return OrderEvent(str(data.get("__typename", ""))[:64], recipient["id"], principal_id, order_id)
 
 
 def parse_app_deleted(body: bytes) -> str:

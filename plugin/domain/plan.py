@@ -7,8 +7,9 @@ Captures and refunds are recognised by their ``reference`` (the Saleor fulfillme
 Valuing units. A line's stored total (after discounts, and after its share of any order-level
 discount) is spread over its units by cumulative allocation in the order they are captured: the
 captures of a line always sum to its total exactly. Refunds take back captured value the same
-way, and only for units that were captured and are no longer kept: a return that Saleor carves
-out of a shipment before it was captured refunds nothing and leaves that shipment's value right.
+way (r refunded units are worth the first r captured units), and only for units that were captured
+and are no longer kept: a return that Saleor carves out of a shipment before it was captured
+refunds nothing and leaves that shipment's value right.
 """
 
 from __future__ import annotations
@@ -273,11 +274,10 @@ def _refund_lines(order: ShopOrder, fulfillment: Fulfillment, books: _Books, ref
             continue
         refundable[line.reference] -= quantity
         tally = books.tally(line.reference)
-        left = tally.captured_units - tally.refunded_units
-        if quantity >= left:
-            total = tally.captured - tally.refunded
-        else:
-            total = share(tally.captured, tally.captured_units, tally.refunded_units, quantity)
+        # The same cumulative allocation as the captures: r refunded units are worth what the
+        # first r captured units were, so a line never gives back more than it took.
+        before = min(tally.refunded_units, line.quantity - quantity)
+        total = min(share(books.totals[line.id], line.quantity, before, quantity), tally.captured - tally.refunded)
         tally.refunded_units += quantity
         tally.refunded += total
         lines.append(_klarna_line(line, quantity, total))

@@ -52,8 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["FakeKlarna", "FakeKlarnaServer", "RecordedRequest", "ROUTES", "SPEC_PATH", "spec_validator"]
 
@@ -615,34 +616,23 @@ def _check_lines(body: dict[str, Any], amount_field: str, amount: int) -> None:
 # --------------------------------------------------------------------------- server
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 - werkzeug's signature
-        pass
-
-
 class FakeKlarnaServer:
     """Serves a FakeKlarna on 127.0.0.1:<free port> from a background thread."""
 
     def __init__(self, fake: FakeKlarna | None = None):
         self.fake = fake or FakeKlarna()
         self.base_url = ""
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
 
     def start(self) -> FakeKlarnaServer:
-        self._server = make_server("127.0.0.1", 0, self.fake.wsgi_app, threaded=True, request_handler=_QuietHandler)
-        self.base_url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-klarna", daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(self.fake.wsgi_app, "fake-klarna")
+        self.base_url = f"http://127.0.0.1:{self._server.port}"
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = self._thread = None
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> FakeKlarnaServer:
         return self.start()

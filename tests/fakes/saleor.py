@@ -56,8 +56,9 @@ import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from graphql.language import OperationType
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["SCHEMA", "SCHEMA_PATH", "STAFF_USER", "Delivery", "FakeSaleor", "InstallResult", "get_schema",
            "requests_transport", "wsgi_transport"]
@@ -260,11 +261,6 @@ def check_subscription(query: str) -> tuple[graphql.DocumentNode, str, list[str]
     return document, top, events
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *_args: Any, **_kwargs: Any) -> None:
-        pass
-
-
 # ---------------------------------------------------------------------------------------------
 
 class FakeSaleor:
@@ -292,8 +288,7 @@ class FakeSaleor:
         self._counters: dict[str, int] = {}
         self._user_token_key = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(12))
         self._lock = threading.RLock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
         self.port: int | None = None
         self.rotate_key()
 
@@ -308,19 +303,14 @@ class FakeSaleor:
         return f"http://{self.domain}/graphql/"
 
     def start(self) -> FakeSaleor:
-        self._server = make_server("127.0.0.1", 0, self.wsgi_app, threaded=True, request_handler=_QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-saleor", daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(self.wsgi_app, "fake-saleor")
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = self._thread = None
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> FakeSaleor:
         return self.start()

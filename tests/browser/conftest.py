@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from plugin.app import Services, create_app
@@ -24,6 +22,7 @@ from plugin.db import Database
 from plugin.settings import Settings
 from tests.conftest import SECRET
 from tests.fakes.klarna import FakeKlarna, FakeKlarnaServer
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.saleor import FakeSaleor
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,24 +32,12 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screensh
 CHANNELS = [{"slug": "default-channel", "name": "Default Channel", "currencyCode": "USD"}]
 
 
-class _Quiet(WSGIRequestHandler):
-    def log(self, *_args: Any) -> None:
-        pass
-
-
-class Server:
-    """A WSGI app on 127.0.0.1:<free port>, served from a thread."""
+class Server(LoopbackServer):
+    """A WSGI app on 127.0.0.1:<free port>, served from a thread, with its base URL."""
 
     def __init__(self, wsgi: Callable[..., Any]) -> None:
-        self._server = make_server("127.0.0.1", 0, wsgi, threaded=True, request_handler=_Quiet)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(wsgi, "browser-test-server")
+        self.url = f"http://127.0.0.1:{self.port}"
 
 
 # The stand-in for the Dashboard: it embeds the app with the query string the Dashboard builds, sends

@@ -10,7 +10,7 @@ import responses
 from sqlalchemy import func, select
 
 from plugin.db import Database
-from plugin.db.models import Base, Delivery, Installation, Job
+from plugin.db.models import Base, Installation, Job
 from tests.fakes.saleor import Delivery as SaleorDelivery
 from tests.functional.shop import Shop
 

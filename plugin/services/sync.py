@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from plugin.crypto import SecretBox
 from plugin.db import Database
 from plugin.db.models import Installation, Note, Operation, ProcessException, utcnow
-from plugin.domain.model import Action, KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
+from plugin.domain.model import DEFAULT_MAPPING, Action, KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
 from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
 from plugin.klarna.errors import KlarnaError, KlarnaNotFoundError
@@ -105,6 +105,9 @@ def sync_order(deps: SyncDeps, job: queue.ClaimedJob) -> Outcome:
     ctx = _Context(deps, job, saleor, order, app_id)
     merchant = by_channel.get(order.channel_slug, any_channel)
     if merchant is None or not merchant.has_credentials:
+        mapping = merchant.mapping if merchant else DEFAULT_MAPPING
+        if Action(mapping.get(order.status, Action.NONE)) is Action.NONE:
+            return ctx.outcome  # nothing to do yet; tell the admin when something is
         ctx.exception_once(
             "NOT_CONFIGURED",
             f"Klarna is not configured for channel {order.channel_slug}: set the API credentials in the app's settings",

@@ -273,3 +273,21 @@ def test_a_final_klarna_refusal_is_a_process_exception_with_its_correlation_id(s
     [exception] = shop.exceptions()
     assert exception.error_code == "EXCEEDS_REMAINING"
     assert len(shop.saleor.notes(order_id)) == 1
+
+
+def test_an_unconfigured_channel_is_reported_once_when_there_is_something_to_do(shop: Shop) -> None:
+    # given an installed app without Klarna credentials
+    assert shop.saleor.install(f"{shop.settings.public_base}/api/manifest").ok
+    order_id, kid = shop.order()
+    shop.sync()
+    # then placing the order says nothing yet (its status maps to no action)
+    assert shop.saleor.notes(order_id) == [] and not shop.exceptions()
+    # when it ships, twice over
+    tee, shoe = shop.line_ids(order_id)
+    shop.saleor.fulfill(order_id, {tee: 1})
+    shop.saleor.fulfill(order_id, {tee: 1, shoe: 1})
+    shop.sync()
+    # then one exception and one note tell the admin, and nothing reaches Klarna
+    assert [e.error_code for e in shop.exceptions()] == ["NOT_CONFIGURED"]
+    assert len(shop.saleor.notes(order_id)) == 1 and "not configured" in shop.saleor.notes(order_id)[0]
+    assert shop.klarna.requests == []

@@ -32,9 +32,8 @@ from typing import Any
 import jwt
 from flask import current_app, request
 
-from plugin.db.models import Installation
 from plugin.saleor import jws
-from plugin.services.installations import JwksVerifier, RefetchThrottled
+from plugin.services.installations import RefetchThrottled, load_keys
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +80,14 @@ def authorize(need: Need) -> Caller:
     saleor_api_url = request.headers.get("saleor-api-url", "").strip()
     if not token or not saleor_api_url:
         raise Refused(400, "MISSING_HEADERS", "Missing authorization-bearer or saleor-api-url header")
-    with services.db.transaction() as session:
-        installation = session.get(Installation, saleor_api_url)
-        if installation is not None:
-            session.expunge(installation)
+    with services.db.engine.connect() as conn:
+        installation = load_keys(conn, saleor_api_url)
     if installation is None:
         raise _refused(401, "NOT_REGISTERED", "The app is not installed in this Saleor", saleor_api_url)
     _check_not_expired(token, saleor_api_url)
     # The same verifier as the webhooks, so both share one JWKS refetch throttle per Saleor.
-    verifier = current_app.extensions.setdefault("klarna_om_jwks", JwksVerifier(services.db, services.fetch_jwks))
     try:
-        claims: dict[str, Any] = verifier.verify(installation, lambda jwks: jws.verify_jwt(token, jwks))
+        claims: dict[str, Any] = services.jwks_verifier.verify(installation, lambda jwks: jws.verify_jwt(token, jwks))
     except (RefetchThrottled, jws.SignatureError):
         # RefetchThrottled too: unlike a webhook, nobody redelivers; the page simply asks again.
         raise _refused(401, "INVALID_TOKEN", "The token is not signed by this Saleor", saleor_api_url) from None

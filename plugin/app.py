@@ -17,6 +17,7 @@ from plugin.db import Database, NotMigratedError
 from plugin.metrics import render as render_metrics
 from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
 from plugin.saleor import client as saleor_client
+from plugin.services.installations import JwksVerifier
 from plugin.services.merchant import MerchantSettings, SettingsStore
 from plugin.services.sync import SyncDeps
 from plugin.settings import Settings
@@ -36,6 +37,7 @@ class Services:
     fetch_app_id: Callable[[str, str], str] = saleor_client.fetch_app_id
     saleor_for: Callable[[str, str], Any] | None = None
     klarna_for: Callable[[MerchantSettings], Any] | None = None
+    jwks_verifier: JwksVerifier | None = None  # shared by webhooks and the dashboard API
     _clients: dict[Any, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,6 +47,7 @@ class Services:
         services = cls(settings=settings, db=Database(settings.database_url, settings.db_pool_size), box=box, store=SettingsStore(box))
         services.saleor_for = services._saleor_client
         services.klarna_for = services._klarna_client
+        services.jwks_verifier = JwksVerifier(services.db, lambda url: services.fetch_jwks(url))
         return services
 
     def _saleor_client(self, saleor_api_url: str, token: str) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 import click
 from sqlalchemy import func, select
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from plugin.app import Services, create_app
 from plugin.db.models import Job
@@ -27,37 +25,34 @@ from plugin.settings import Settings
 from plugin.worker import Worker
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-def _fakes() -> tuple[Any, Any]:
+def _fakes() -> tuple[Any, Any, Any]:
     root = Path(__file__).resolve().parents[1]
     if not (root / "tests" / "fakes" / "saleor.py").exists():
         raise click.ClickException("the demo needs a source checkout (it uses tests/fakes)")
     sys.path.insert(0, str(root))
     from tests.fakes.klarna import FakeKlarnaServer
+    from tests.fakes.loopback import LoopbackServer
     from tests.fakes.saleor import FakeSaleor
 
-    return FakeSaleor, FakeKlarnaServer
+    return FakeSaleor, FakeKlarnaServer, LoopbackServer
 
 
 def run(echo: Callable[[str], None] = click.echo) -> None:
-    fake_saleor_cls, fake_klarna_cls = _fakes()
+    fake_saleor_cls, fake_klarna_cls, loopback_cls = _fakes()
     workdir = Path(tempfile.mkdtemp(prefix="klarna-om-demo-"))
     klarna_server = fake_klarna_cls().start()
-    server = make_server("127.0.0.1", 0, None, threaded=True, request_handler=_QuietHandler)  # type: ignore[arg-type]
+    holder: dict[str, Any] = {}
+    # The app's URL must be known before the app is built (it fills the manifest).
+    server = loopback_cls(lambda environ, start_response: holder["app"](environ, start_response), "demo-app")
     settings = Settings(
-        public_url=f"http://127.0.0.1:{server.server_port}", database_url=f"sqlite:///{workdir / 'demo.sqlite3'}",
+        public_url=f"http://127.0.0.1:{server.port}", database_url=f"sqlite:///{workdir / 'demo.sqlite3'}",
         secret_keys=("demo-secret-key-not-for-production-use-0123456789",), instance_path=workdir,
         klarna_base_url=klarna_server.base_url, retry_base_seconds=0.2, log_level="WARNING",
     ).validated()  # fmt: skip
     services = Services.build(settings)
     services.db.upgrade()
     app = create_app(services=services)
-    server.app = app  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    holder["app"] = app
     worker = Worker(services.sync_deps(), concurrency=4, poll_interval=0.05, retry_base=0.2)
     app.extensions["klarna_om_worker"] = worker
     worker.start_thread()
@@ -114,7 +109,7 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
         worker.stop()
         saleor.stop()
         klarna_server.stop()
-        server.shutdown()
+        server.stop()
         services.db.dispose()
 
 

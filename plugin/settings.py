@@ -12,9 +12,11 @@ import re
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 PREFIX = "KLARNA_APP_"
+T = TypeVar("T", int, float)
 DEFAULT_INSTANCE = Path.cwd() / "instance"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -124,28 +126,26 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _int(value: str, default: int, name: str) -> int:
+def _positive(value: str, default: T, name: str, kind: type[T]) -> T:
+    """A positive ``kind`` (int or float) from the environment, or ``default`` when unset."""
     if not value:
         return default
     try:
-        number = int(value)
+        number = kind(value)  # type: ignore[call-arg]
     except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be an integer, got {value!r}") from None
-    if number <= 0:
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{PREFIX}{name} must be {noun}, got {value!r}") from None
+    if not number > 0:  # type: ignore[operator]
         raise ConfigError(f"{PREFIX}{name} must be positive")
     return number
+
+
+def _int(value: str, default: int, name: str) -> int:
+    return _positive(value, default, name, int)
 
 
 def _float(value: str, default: float, name: str) -> float:
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be a number, got {value!r}") from None
-    if not number > 0:
-        raise ConfigError(f"{PREFIX}{name} must be positive")
-    return number
+    return _positive(value, default, name, float)
 
 
 def _instance_secret(instance: Path) -> str:

@@ -19,7 +19,7 @@ from plugin.db.models import Delivery, utcnow
 from plugin.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
 from plugin.saleor import jws
 from plugin.services import installations, queue
-from plugin.services.installations import JwksVerifier, RefetchThrottled
+from plugin.services.installations import RefetchThrottled
 from webhooks.payloads import PayloadError, parse_app_deleted, parse_order_event
 
 logger = logging.getLogger(__name__)
@@ -154,11 +154,8 @@ def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
         installation = installations.load_keys(conn, saleor_api_url)
     if installation is None:
         return None, _webhook_error(401, "NOT_REGISTERED", "The app is not installed in this Saleor")
-    verifier = current_app.extensions.setdefault(
-        "klarna_om_jwks", JwksVerifier(services.db, services.fetch_jwks)
-    )
     try:
-        verifier.verify(installation, lambda text: jws.verify_detached(signature, raw, text))
+        services.jwks_verifier.verify(installation, lambda text: jws.verify_detached(signature, raw, text))
     except RefetchThrottled:
         return None, _webhook_error(503, "JWKS_REFRESH_PENDING", "Unknown signing key; retry shortly")
     except jws.SignatureError:

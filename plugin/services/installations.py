@@ -73,7 +73,7 @@ class JwksVerifier:
         self._last_fetch: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def verify(self, installation: Keys | Installation, check: Callable[[str], object]) -> object:
+    def verify(self, installation: Keys, check: Callable[[str], object]) -> object:
         try:
             return check(installation.jwks)
         except (jws.UnknownKey, jws.BadSignature) as first:

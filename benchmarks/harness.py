@@ -2,7 +2,7 @@
 
 Everything runs on this machine: gunicorn (gunicorn.conf.py, the same configuration for the app and
 the two reference apps), real ``klarna-om worker`` processes, PostgreSQL (a fresh database created
-and dropped here) or SQLite, the fake Saleor and fake Klarna of ``tests/fakes`` on loopback inside
+and dropped here) or SQLite, the fake Saleor and fake Klarna of ``plugin/testing`` on loopback inside
 this process, and the load generator (``benchmarks/loadgen.py``) in a process of its own.
 
 Parts: (a) acknowledgement, (b) end to end, (c) burst. See BENCHMARKS.md for the method.
@@ -49,8 +49,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 POSTGRES_ADMIN = os.environ.get("KLARNA_OM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOTES_MARKER = "<!-- Notes below this line are kept when the bench rewrites this file. -->"
-TEE = {"name": "Monospace Tee", "sku": "328223583", "quantity": 2, "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"}
-SHOE = {"name": "Dash Force", "sku": "618223584", "quantity": 1, "unit_gross": "90.00", "unit_net": "90.00", "tax_rate": "0.00"}
+TEE = {
+    "name": "Monospace Tee",
+    "sku": "328223583",
+    "quantity": 2,
+    "unit_gross": "20.00",
+    "unit_net": "20.00",
+    "tax_rate": "0.00",
+}
+SHOE = {
+    "name": "Dash Force",
+    "sku": "618223584",
+    "quantity": 1,
+    "unit_gross": "90.00",
+    "unit_net": "90.00",
+    "tax_rate": "0.00",
+}
 ORDER_MINOR = 13000  # 2 x 20.00 + 90.00 USD
 
 # Targets (printed next to the measurements, never asserted).
@@ -91,8 +105,15 @@ class Config:
     keep_workdir: bool = False
 
     @classmethod
-    def make(cls, *, quick: bool = False, parts: Sequence[str] = ("a", "b", "c"), burst: int | None = None,
-             output: Path | None = None, **overrides: Any) -> Config:
+    def make(
+        cls,
+        *,
+        quick: bool = False,
+        parts: Sequence[str] = ("a", "b", "c"),
+        burst: int | None = None,
+        output: Path | None = None,
+        **overrides: Any,
+    ) -> Config:
         cfg = cls(quick=quick, parts=tuple(parts), output=output)
         if quick:  # about a minute: fewer requests, orders and runs
             cfg.ack_warmup, cfg.ack_requests = 60, 300
@@ -126,12 +147,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _fakes() -> tuple[Any, Any, Any]:
-    if not (ROOT / "tests" / "fakes" / "saleor.py").exists():
-        raise RuntimeError("the bench needs a source checkout (it uses tests/fakes)")
+    if not (ROOT / "plugin" / "testing" / "saleor.py").exists():
+        raise RuntimeError("the bench needs a source checkout (it uses plugin/testing)")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    import tests.fakes.saleor as fake_saleor_module
-    from tests.fakes.klarna import FakeKlarnaServer
+    import plugin.testing.saleor as fake_saleor_module
+    from plugin.testing.klarna import FakeKlarnaServer
 
     return fake_saleor_module, fake_saleor_module.FakeSaleor, FakeKlarnaServer
 
@@ -554,15 +575,22 @@ class Bench:
 
     # -- load ---------------------------------------------------------------------------------
 
-    def launch_load(self, port: int, items: Sequence[tuple[dict[str, str], bytes]]) -> tuple[subprocess.Popen[bytes], Path]:
+    def launch_load(
+        self, port: int, items: Sequence[tuple[dict[str, str], bytes]]
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         tag = secrets.token_hex(4)
         source, target = self.workdir / f"load-{tag}.in", self.workdir / f"load-{tag}.out"
         job = {"host": "127.0.0.1", "port": port, "path": WEBHOOK_PATH, "requests": list(items),
                "senders": self.cfg.senders, "processes": self.cfg.loadgen_processes}  # fmt: skip
         with open(source, "wb") as fh:
             pickle.dump(job, fh)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        popen = subprocess.Popen([sys.executable, "-m", "benchmarks.loadgen", str(source), str(target)], cwd=ROOT, env=env)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        }
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.loadgen", str(source), str(target)], cwd=ROOT, env=env
+        )
         return popen, target
 
     def finish_load(self, popen: subprocess.Popen[bytes], target: Path) -> LoadResult:
@@ -651,7 +679,9 @@ class Bench:
 
     def e2e_run(self, url: str, web: Proc, port: int, latency: float, workers: int, count: int) -> E2ERow:
         sizing = self.sizing(workers, url)
-        self.echo(f"(b) end to end: Klarna {latency * 1000:.0f} ms, {workers} worker(s) x ({sizing}), {count} orders ...")
+        self.echo(
+            f"(b) end to end: Klarna {latency * 1000:.0f} ms, {workers} worker(s) x ({sizing}), {count} orders ..."
+        )
         self.truncate(url)
         self.reset_fakes()
         self.klarna.latency = latency
@@ -897,7 +927,9 @@ def render(results: Results) -> str:
         add(f"### (a) Acknowledgement: {cfg.ack_requests} signed ORDER_UPDATED webhooks, {cfg.senders} concurrent senders, "
             f"gunicorn.conf.py ({cfg.web_concurrency} processes x {os.environ.get('KLARNA_APP_WEB_THREADS', '8')} threads)")  # fmt: skip
         add("")
-        add("| server | database | webhooks/s | p50 ms | p99 ms | web CPU ms/webhook | app / bare | app / minimal durable | target |")
+        add(
+            "| server | database | webhooks/s | p50 ms | p99 ms | web CPU ms/webhook | app / bare | app / minimal durable | target |"
+        )
         add("|---|---|---:|---:|---:|---:|---:|---:|---|")
         bare = next((r for r in results.ack if r.server.startswith("bare")), None)
         order = {"bare Flask (reference)": 0, "minimal durable (reference)": 1, "the app": 2}
@@ -910,7 +942,9 @@ def render(results: Results) -> str:
                 if ref and ref.rate:
                     ratio = row.rate / ref.rate
                     vs_durable = f"{ratio:.2f}x"
-                    target = f">= {TARGET_ACK_VS_DURABLE}x minimal durable: {_verdict(ratio >= TARGET_ACK_VS_DURABLE)}; "
+                    target = (
+                        f">= {TARGET_ACK_VS_DURABLE}x minimal durable: {_verdict(ratio >= TARGET_ACK_VS_DURABLE)}; "
+                    )
                 target += f"p99 <= {TARGET_P99_MS:.0f} ms: {_verdict(row.p99 <= TARGET_P99_MS)}"
             failed = f" ({row.sent - row.ok} failed)" if row.ok < row.sent else ""
             add(f"| {row.server} | {row.database} | {_fmt(row.rate, 0)}{failed} | {_fmt(row.p50)} | {_fmt(row.p99)} | "
@@ -932,12 +966,22 @@ def render(results: Results) -> str:
             one = next((r for r in results.e2e if r.latency == row.latency and r.workers == 1), None)
             scale = f"{row.rate / one.rate:.2f}x" if one and one.rate and row.workers != 1 else ""
             app_cpu = row.worker_cpu_ms + row.web_cpu_ms
-            targets = [f"app CPU (worker + web) <= {TARGET_CPU_MS_PER_ORDER:.0f} ms: {_verdict(app_cpu <= TARGET_CPU_MS_PER_ORDER)}"]
+            targets = [
+                f"app CPU (worker + web) <= {TARGET_CPU_MS_PER_ORDER:.0f} ms: {_verdict(app_cpu <= TARGET_CPU_MS_PER_ORDER)}"
+            ]
             if row.latency >= 0.3:
-                targets.append(f">= {TARGET_ORDERS_PER_S_AT_300MS:.0f}/s: {_verdict(row.rate >= TARGET_ORDERS_PER_S_AT_300MS)}")
+                targets.append(
+                    f">= {TARGET_ORDERS_PER_S_AT_300MS:.0f}/s: {_verdict(row.rate >= TARGET_ORDERS_PER_S_AT_300MS)}"
+                )
             if row.workers == 2 and one and one.rate:
-                targets.append(f"2 vs 1 >= {TARGET_SCALING_2V1}x: {_verdict(row.rate / one.rate >= TARGET_SCALING_2V1)}")
-            incomplete = f" ({row.done}/{row.orders} done{', timed out' if row.timed_out else ''})" if row.done < row.orders else ""
+                targets.append(
+                    f"2 vs 1 >= {TARGET_SCALING_2V1}x: {_verdict(row.rate / one.rate >= TARGET_SCALING_2V1)}"
+                )
+            incomplete = (
+                f" ({row.done}/{row.orders} done{', timed out' if row.timed_out else ''})"
+                if row.done < row.orders
+                else ""
+            )
             add(f"| {row.latency * 1000:.0f} ms | {row.workers} x ({row.sizing}) | {_fmt(row.rate)}{incomplete} | {scale} | "
                 f"{_fmt(row.worker_cpu_ms, 2)} | {_fmt(row.web_cpu_ms, 2)} | {_fmt(row.latency_p50, 2)} / {_fmt(row.latency_p99, 2)} | "
                 f"{'; '.join(targets)} |")  # fmt: skip
@@ -974,9 +1018,13 @@ def render(results: Results) -> str:
         add(f"| app CPU: workers per captured order + web per webhook | {_fmt(b.worker_cpu_ms, 2)} + {_fmt(b.web_cpu_ms, 2)} ms "
             f"| <= {TARGET_CPU_MS_PER_ORDER:.0f} ms: "
             f"{_verdict(b.worker_cpu_ms + b.web_cpu_ms <= TARGET_CPU_MS_PER_ORDER)} |")  # fmt: skip
-        add(f"| peak memory (VmHWM), largest web process | {_fmt(web_peak)} MB | < {TARGET_PEAK_MB:.0f} MB each: {_verdict(all_ok)} |")
+        add(
+            f"| peak memory (VmHWM), largest web process | {_fmt(web_peak)} MB | < {TARGET_PEAK_MB:.0f} MB each: {_verdict(all_ok)} |"
+        )
         add(f"| peak memory (VmHWM), largest worker process | {_fmt(worker_peak)} MB | |")
-        add(f"| machine busy / of which outside the bench | {_fmt(b.busy_cores, 2)} / {_fmt(b.others_cores, 2)} cores | |")
+        add(
+            f"| machine busy / of which outside the bench | {_fmt(b.busy_cores, 2)} / {_fmt(b.others_cores, 2)} cores | |"
+        )
         add("")
         add("Per process: " + ", ".join(f"{role} {kb / 1024:.0f} MB" for role, _, kb in b.peaks) + ".")
         add("")
@@ -1049,7 +1097,7 @@ def write_report(results: Results, path: Path) -> None:
     if path.exists():
         existing = path.read_text()
         if NOTES_MARKER in existing:
-            kept = existing[existing.index(NOTES_MARKER):]
+            kept = existing[existing.index(NOTES_MARKER) :]
     body = "# Benchmarks\n\n" + METHOD + "\n## Results\n\n" + render(results) + "\n"
     path.write_text(body + ("\n" + kept if kept else "\n" + NOTES_MARKER + "\n"))
 

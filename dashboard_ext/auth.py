@@ -124,7 +124,9 @@ def _check_not_expired(token: str, saleor_api_url: str) -> None:
 
 
 def _refused(status: int, code: str, message: str, saleor_api_url: str) -> Refused:
-    logger.info("dashboard call refused", extra={"saleor_api_url": saleor_api_url, "reason": code, "path": request.path})
+    logger.info(
+        "dashboard call refused", extra={"saleor_api_url": saleor_api_url, "reason": code, "path": request.path}
+    )
     return Refused(status, code, message)
 
 

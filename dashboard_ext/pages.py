@@ -52,12 +52,14 @@ def app_page() -> Response:
     """The settings page: credentials, status mapping and options per channel, exceptions, operations."""
     mapping_rows = [
         {
-            "status": status, "label": STATUS_LABELS.get(status, status), "pill": STATUS_PILLS.get(status, "neutral"),
+            "status": status,
+            "label": STATUS_LABELS.get(status, status),
+            "pill": STATUS_PILLS.get(status, "neutral"),
             "actions": [
                 {"value": a.value, "label": ACTION_LABELS[a], "allowed": a in SENSIBLE.get(status, set(Action))}
                 for a in Action
             ],
-        }  # fmt: skip
+        }
         for status in ORDER_STATUSES
     ]
     return _page("dashboard_ext/app.html", mapping_rows=mapping_rows, regions=REGIONS, environments=ENVIRONMENTS)

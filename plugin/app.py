@@ -14,8 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from plugin.crypto import SecretBox
 from plugin.db import Database, NotMigratedError
-from plugin.metrics import render as render_metrics
 from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
+from plugin.metrics import render as render_metrics
 from plugin.saleor import client as saleor_client
 from plugin.services.installations import JwksVerifier
 from plugin.services.merchant import MerchantSettings, SettingsStore
@@ -44,7 +44,12 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         box = SecretBox(settings.secret_keys)
-        services = cls(settings=settings, db=Database(settings.database_url, settings.db_pool_size), box=box, store=SettingsStore(box))
+        services = cls(
+            settings=settings,
+            db=Database(settings.database_url, settings.db_pool_size),
+            box=box,
+            store=SettingsStore(box),
+        )
         services.saleor_for = services._saleor_client
         services.klarna_for = services._klarna_client
         services.jwks_verifier = JwksVerifier(services.db, lambda url: services.fetch_jwks(url))
@@ -63,7 +68,9 @@ class Services:
         with self._lock:
             if key not in self._clients:
                 # One client (pool, rate limiter) per merchant credentials: Klarna limits per merchant.
-                limiter = RateLimiter(self.settings.klarna_rate_per_second, max(1, int(self.settings.klarna_rate_per_second)))
+                limiter = RateLimiter(
+                    self.settings.klarna_rate_per_second, max(1, int(self.settings.klarna_rate_per_second))
+                )
                 self._clients[key] = KlarnaOrdersClient(
                     url, merchant.username, merchant.password or "", rate_limiter=limiter,
                     timeout=(3.05, self.settings.http_timeout),
@@ -109,7 +116,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     @app.errorhandler(InterfaceError)
     def _database_down(exc: Exception):  # type: ignore[no-untyped-def]
         logger.error("database unavailable", extra={"error": exc.__class__.__name__})
-        response = jsonify(error={"type": "DATABASE_UNAVAILABLE", "message": "The database is unavailable; retry later."})
+        response = jsonify(
+            error={"type": "DATABASE_UNAVAILABLE", "message": "The database is unavailable; retry later."}
+        )
         response.headers["Retry-After"] = "10"
         return response, 503
 

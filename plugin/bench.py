@@ -1,7 +1,7 @@
 """``klarna-om bench``: the benchmarks of BENCHMARKS.md, from a source checkout.
 
 The machinery lives in ``benchmarks/`` at the repository root and drives the app against the fakes
-in ``tests/fakes`` (like ``klarna-om demo``), so the repository root goes onto ``sys.path`` first.
+in ``plugin/testing`` (like ``klarna-om demo``), so the repository root goes onto ``sys.path`` first.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ PARTS = ("a", "b", "c")
 
 
 def _checkout() -> None:
-    if not (ROOT / "benchmarks" / "harness.py").exists() or not (ROOT / "tests" / "fakes" / "saleor.py").exists():
-        raise click.ClickException("the bench needs a source checkout (it uses benchmarks/ and tests/fakes)")
+    if not (ROOT / "benchmarks" / "harness.py").exists() or not (ROOT / "plugin" / "testing" / "saleor.py").exists():
+        raise click.ClickException("the bench needs a source checkout (it uses benchmarks/ and plugin/testing)")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 
@@ -34,8 +34,15 @@ def parse_parts(only: str | None) -> tuple[str, ...]:
     return parts
 
 
-def run(*, quick: bool = False, only: str | None = None, output: str | None = None, burst: int | None = None,
-        echo: Any = click.echo, **overrides: Any) -> Any:
+def run(
+    *,
+    quick: bool = False,
+    only: str | None = None,
+    output: str | None = None,
+    burst: int | None = None,
+    echo: Any = click.echo,
+    **overrides: Any,
+) -> Any:
     """Run the bench, print the table, write it to ``output`` (default BENCHMARKS.md at the root)."""
     _checkout()
     from benchmarks import harness

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from datetime import timezone
+from datetime import UTC
 
 import click
 from sqlalchemy import select
@@ -62,8 +62,15 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--migrate/--no-migrate", default=None, help="Migrate first (default: only on the embedded SQLite database).")
-@click.option("--worker/--no-worker", "with_worker", default=None, help="Run a worker in-process (default: KLARNA_APP_IN_PROCESS_WORKER, on).")
+@click.option(
+    "--migrate/--no-migrate", default=None, help="Migrate first (default: only on the embedded SQLite database)."
+)
+@click.option(
+    "--worker/--no-worker",
+    "with_worker",
+    default=None,
+    help="Run a worker in-process (default: KLARNA_APP_IN_PROCESS_WORKER, on).",
+)
 def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) -> None:
     """Serve the app (development server) with an in-process worker."""
     from werkzeug.serving import make_server
@@ -85,7 +92,9 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
     app = create_app(services=services)
     worker = None
     if with_worker if with_worker is not None else settings.worker_in_process:
-        worker = Worker(services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds)
+        worker = Worker(
+            services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds
+        )
         app.extensions["klarna_om_worker"] = worker
         worker.start_thread()
     server = make_server(host, port, app, threaded=True)
@@ -113,7 +122,11 @@ def worker(concurrency: int | None) -> None:
 
     services = _services()
     _setup_logging(services.settings.log_level)
-    w = Worker(services.sync_deps(), concurrency=concurrency or services.settings.worker_concurrency, retry_base=services.settings.retry_base_seconds)
+    w = Worker(
+        services.sync_deps(),
+        concurrency=concurrency or services.settings.worker_concurrency,
+        retry_base=services.settings.retry_base_seconds,
+    )
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     click.echo(f"worker {w.owner} started")
@@ -172,7 +185,10 @@ def settings_export(saleor_api_url: str | None) -> None:
     services = _services()
     with services.db.transaction() as session:
         inst = _installation(session, saleor_api_url)
-        doc = {"saleor_api_url": inst.saleor_api_url, "channels": [s.public() for s in services.store.all(session, inst.saleor_api_url)]}
+        doc = {
+            "saleor_api_url": inst.saleor_api_url,
+            "channels": [s.public() for s in services.store.all(session, inst.saleor_api_url)],
+        }
     click.echo(json.dumps(doc, indent=2))
 
 
@@ -193,7 +209,11 @@ def settings_import(file, saleor_api_url: str | None) -> None:  # type: ignore[n
         inst = _installation(session, saleor_api_url or doc.get("saleor_api_url"))
         parsed = []
         for index, channel in enumerate(channels):
-            existing = services.store.get_exact(session, inst.saleor_api_url, channel.get("channel", "*")) if isinstance(channel, dict) else None
+            existing = (
+                services.store.get_exact(session, inst.saleor_api_url, channel.get("channel", "*"))
+                if isinstance(channel, dict)
+                else None
+            )
             try:
                 parsed.append(validate({k: v for k, v in channel.items() if k != "password_set"}, existing=existing))
             except SettingsInvalid as exc:
@@ -221,7 +241,9 @@ def ops_list(show_all: bool) -> None:
             query = query.where(ProcessException.state == "open")
         rows = session.scalars(query).all()
         for row in rows:
-            click.echo(f"#{row.id} [{row.state}] {row.created_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} order {row.order_id} {row.error_code}: {row.message}")
+            click.echo(
+                f"#{row.id} [{row.state}] {row.created_at.astimezone(UTC):%Y-%m-%d %H:%M} order {row.order_id} {row.error_code}: {row.message}"
+            )
         counts = queue.counts(session)
     click.echo(f"{len(rows)} exception(s); jobs queued {counts['queued']}, running {counts['running']}")
 

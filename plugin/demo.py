@@ -1,7 +1,7 @@
 """``klarna-om demo``: the product working end to end on loopback, in one command.
 
 The app serves on a free port with an in-process worker; a fake Saleor 3.23 installs it and sends
-signed webhooks; a fake Klarna OM answers. Both fakes live in the test suite (tests/fakes), so the
+signed webhooks; a fake Klarna OM answers. Both fakes live in the test suite (plugin/testing), so the
 demo runs from a source checkout.
 """
 
@@ -27,12 +27,12 @@ from plugin.worker import Worker
 
 def _fakes() -> tuple[Any, Any, Any]:
     root = Path(__file__).resolve().parents[1]
-    if not (root / "tests" / "fakes" / "saleor.py").exists():
-        raise click.ClickException("the demo needs a source checkout (it uses tests/fakes)")
+    if not (root / "plugin" / "testing" / "saleor.py").exists():
+        raise click.ClickException("the demo needs a source checkout (it uses plugin/testing)")
     sys.path.insert(0, str(root))
-    from tests.fakes.klarna import FakeKlarnaServer
-    from tests.fakes.loopback import LoopbackServer
-    from tests.fakes.saleor import FakeSaleor
+    from plugin.testing.klarna import FakeKlarnaServer
+    from plugin.testing.loopback import LoopbackServer
+    from plugin.testing.saleor import FakeSaleor
 
     return FakeSaleor, FakeKlarnaServer, LoopbackServer
 
@@ -59,11 +59,15 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
     saleor = fake_saleor_cls().start()
     klarna = klarna_server.fake
     try:
-        echo(f"App on {settings.public_base}, fake Saleor on {saleor.api_url}, fake Klarna on {klarna_server.base_url}\n")
+        echo(
+            f"App on {settings.public_base}, fake Saleor on {saleor.api_url}, fake Klarna on {klarna_server.base_url}\n"
+        )
         result = saleor.install(f"{settings.public_base}/api/manifest")
         echo(f"Saleor installed the app: HTTP {result.status}, app id {result.app_id}")
         with services.db.transaction() as session:
-            services.store.save(session, saleor.api_url, MerchantSettings(channel="*", username="PK_demo", password=klarna.password))
+            services.store.save(
+                session, saleor.api_url, MerchantSettings(channel="*", username="PK_demo", password=klarna.password)
+            )
         klarna.username = "PK_demo"
         echo("Klarna credentials stored for every channel (default status mapping)\n")
         shown: dict[str, int] = {}
@@ -72,7 +76,7 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
             _wait_idle(services)
             echo(f"== {title}")
             notes = saleor.notes(order_id)
-            for note in notes[shown.get(order_id, 0):]:
+            for note in notes[shown.get(order_id, 0) :]:
                 echo(f"   note: {note}")
             shown[order_id] = len(notes)
             k = klarna.order(kid)
@@ -82,8 +86,22 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
                 f"refunded {format_minor(k['refunded_amount'], cur)}, remaining {format_minor(k['remaining_authorized_amount'], cur)}\n"
             )
 
-        tee = {"name": "Monospace Tee", "sku": "328223583", "quantity": 2, "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"}
-        shoe = {"name": "Dash Force", "sku": "618223584", "quantity": 1, "unit_gross": "90.00", "unit_net": "90.00", "tax_rate": "0.00"}
+        tee = {
+            "name": "Monospace Tee",
+            "sku": "328223583",
+            "quantity": 2,
+            "unit_gross": "20.00",
+            "unit_net": "20.00",
+            "tax_rate": "0.00",
+        }
+        shoe = {
+            "name": "Dash Force",
+            "sku": "618223584",
+            "quantity": 1,
+            "unit_gross": "90.00",
+            "unit_net": "90.00",
+            "tax_rate": "0.00",
+        }
         kid_a = klarna.create_order(order_amount=13000, currency="USD")
         order_a = saleor.create_order(lines=[dict(tee), dict(shoe)], klarna_order_id=kid_a, number=21)
         tee_a, shoe_a = (line["id"] for line in saleor.order(order_a)["lines"])
@@ -96,8 +114,10 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
         settle("Order #21 one Tee returned from shipment 1 -> PARTIALLY_RETURNED", order_a, kid_a)
 
         kid_b = klarna.create_order(order_amount=11000, currency="USD")
-        order_b = saleor.create_order(lines=[dict(tee), dict(shoe)], klarna_order_id=kid_b, number=22, total_gross="110.00", shipping_gross="0.00")
-        tee_b, shoe_b = (line["id"] for line in saleor.order(order_b)["lines"])
+        order_b = saleor.create_order(
+            lines=[dict(tee), dict(shoe)], klarna_order_id=kid_b, number=22, total_gross="110.00", shipping_gross="0.00"
+        )
+        _tee_b, shoe_b = (line["id"] for line in saleor.order(order_b)["lines"])
         saleor.fulfill(order_b, {shoe_b: 1}, tracking_number="1Z999AA10123456800")
         settle("Order #22 (110.00 USD after a 20.00 order discount) shipment 1 (Dash Force)", order_b, kid_b)
         for fulfillment in saleor.order(order_b)["fulfillments"]:

@@ -41,7 +41,9 @@ class _DatabaseCollector(Collector):
         for state, value in counts.items():
             jobs.add_metric([state], value)
         yield jobs
-        yield GaugeMetricFamily("klarna_om_open_process_exceptions", "Open process exceptions", value=open_exceptions or 0)
+        yield GaugeMetricFamily(
+            "klarna_om_open_process_exceptions", "Open process exceptions", value=open_exceptions or 0
+        )
 
 
 def render(db: Any) -> tuple[bytes, str]:

@@ -94,7 +94,9 @@ class Settings:
             settings = replace(settings, database_url=f"sqlite:///{settings.instance_path / 'klarna-om.sqlite3'}")
         if not settings.secret_keys:
             if settings.production:
-                raise ConfigError(f"{PREFIX}SECRET_KEYS is required in production (comma-separated; the first encrypts)")
+                raise ConfigError(
+                    f"{PREFIX}SECRET_KEYS is required in production (comma-separated; the first encrypts)"
+                )
             settings = replace(settings, secret_keys=(_instance_secret(settings.instance_path),))
         for key in settings.secret_keys:
             if len(key) < 32:

@@ -22,7 +22,14 @@ from plugin.services.sync import LeaseLost, SyncDeps, Transient, sync_order
 logger = logging.getLogger(__name__)
 
 
-def backoff(attempts: int, *, base: float, cap: float = 300.0, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+def backoff(
+    attempts: int,
+    *,
+    base: float,
+    cap: float = 300.0,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
     """Exponential backoff with jitter (half to full), at least ``retry_after``."""
     rng = rng or random.Random()
     delay = min(cap, base * 2 ** max(attempts - 1, 0)) * rng.uniform(0.5, 1.0)
@@ -30,7 +37,9 @@ def backoff(attempts: int, *, base: float, cap: float = 300.0, retry_after: floa
 
 
 class Worker:
-    def __init__(self, deps: SyncDeps, *, concurrency: int = 8, poll_interval: float = 0.5, retry_base: float = 2.0) -> None:
+    def __init__(
+        self, deps: SyncDeps, *, concurrency: int = 8, poll_interval: float = 0.5, retry_base: float = 2.0
+    ) -> None:
         self.deps = deps
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -62,7 +71,7 @@ class Worker:
             JOB_RUNS.labels("retry").inc()
             self._retry_or_give_up(job, str(exc), exc.retry_after)
             return
-        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; retried, then surfaced
+        except Exception as exc:
             JOB_RUNS.labels("error").inc()
             logger.exception("sync failed", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
             self._retry_or_give_up(job, f"{exc.__class__.__name__}: {exc}", None)
@@ -107,7 +116,7 @@ class Worker:
                     free = self.concurrency - len(busy)
                 try:
                     jobs = self.claim(free) if free > 0 else []
-                except Exception:  # noqa: BLE001 - database away: keep polling, never die
+                except Exception:
                     logger.warning("claiming jobs failed; retrying", exc_info=True)
                     jobs = []
                 for job in jobs:

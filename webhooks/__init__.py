@@ -12,7 +12,6 @@ from importlib import resources
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-
 from sqlalchemy import insert
 
 from plugin.db.models import Delivery, utcnow
@@ -123,7 +122,9 @@ def register():  # type: ignore[no-untyped-def]
     except Exception:  # noqa: BLE001
         return _register_error(401, "JWKS_NOT_AVAILABLE", "Can't fetch the remote JWKS.")
     with services.db.transaction() as session:
-        installations.save(session, services.box, saleor_api_url=saleor_api_url, app_id=app_id, token=token, jwks_text=jwks_text)
+        installations.save(
+            session, services.box, saleor_api_url=saleor_api_url, app_id=app_id, token=token, jwks_text=jwks_text
+        )
     logger.info("installed", extra={"saleor_api_url": saleor_api_url, "app_id": app_id})
     return jsonify(success=True)
 
@@ -212,4 +213,4 @@ def app_deleted():  # type: ignore[no-untyped-def]
     return jsonify(ok=True)
 
 
-__all__ = ["bp", "build_manifest", "ORDER_EVENTS"]
+__all__ = ["ORDER_EVENTS", "bp", "build_manifest"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -26,7 +27,7 @@ NAMING = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(DateTime):
@@ -39,13 +40,13 @@ class UTCDateTime(DateTime):
 
     def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}
 
 
 class Installation(Base):
@@ -178,9 +179,7 @@ class ProcessException(Base):
         String(512), ForeignKey("installations.saleor_api_url", ondelete="CASCADE"), index=True
     )
     order_id: Mapped[str] = mapped_column(String(255), index=True)
-    operation_id: Mapped[int | None] = mapped_column(
-        ForeignKey("operations.id", ondelete="SET NULL"), default=None
-    )
+    operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id", ondelete="SET NULL"), default=None)
     error_code: Mapped[str | None] = mapped_column(String(128), default=None)
     message: Mapped[str] = mapped_column(Text)
     correlation_id: Mapped[str | None] = mapped_column(String(255), default=None)

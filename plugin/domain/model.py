@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import NewType
 
 KlarnaOrderId = NewType("KlarnaOrderId", str)
 SaleorOrderId = NewType("SaleorOrderId", str)
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     NONE = "none"
     CAPTURE = "capture"
     CANCEL = "cancel"

@@ -161,7 +161,9 @@ def _shipping_line(order: ShopOrder, gross: int) -> KlarnaLine:
     tax, net = order.shipping_tax, order.shipping_gross - order.shipping_tax
     # Klarna's tax_rate from Saleor's amounts, rounded half up in integers (no floats).
     rate = (20000 * tax + net) // (2 * net) if net > 0 and tax > 0 else 0
-    return KlarnaLine("shipping_fee", SHIPPING_REFERENCE, "Shipping", 1, gross, gross, 0, rate, tax_of_gross(gross, rate))
+    return KlarnaLine(
+        "shipping_fee", SHIPPING_REFERENCE, "Shipping", 1, gross, gross, 0, rate, tax_of_gross(gross, rate)
+    )
 
 
 def _fully_fulfilled(order: ShopOrder) -> bool:
@@ -247,7 +249,9 @@ def _plan_captures(
         )
 
 
-def _refundable(order: ShopOrder, klarna: KlarnaOrder, operations: list[PlannedOperation], books: _Books) -> dict[str, int]:
+def _refundable(
+    order: ShopOrder, klarna: KlarnaOrder, operations: list[PlannedOperation], books: _Books
+) -> dict[str, int]:
     """Per line reference: units captured, not refunded, and not still kept in a captured shipment."""
     captured_refs = {c.reference for c in klarna.captures} | {op.reference for op in operations if op.kind == "capture"}
     kept: dict[str, int] = {}
@@ -263,7 +267,9 @@ def _refundable(order: ShopOrder, klarna: KlarnaOrder, operations: list[PlannedO
     }
 
 
-def _refund_lines(order: ShopOrder, fulfillment: Fulfillment, books: _Books, refundable: dict[str, int]) -> list[KlarnaLine]:
+def _refund_lines(
+    order: ShopOrder, fulfillment: Fulfillment, books: _Books, refundable: dict[str, int]
+) -> list[KlarnaLine]:
     lines = []
     for fline in fulfillment.lines:
         line = order.line(fline.order_line_id)
@@ -323,4 +329,8 @@ def _plan_refunds(
             )
             continue
         available -= amount
-        operations.append(PlannedOperation("refund", reference, amount, tuple(lines), description=f"{description} of order {order.number}"))
+        operations.append(
+            PlannedOperation(
+                "refund", reference, amount, tuple(lines), description=f"{description} of order {order.number}"
+            )
+        )

@@ -81,10 +81,7 @@ def default_user_agent() -> str:
         version = importlib.metadata.version(_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
         version = "0.0.0"
-    return (
-        f"Library/{_PACKAGE}_{version} Language/Python_{platform.python_version()} "
-        f"Module/{_PACKAGE}_{version}"
-    )
+    return f"Library/{_PACKAGE}_{version} Language/Python_{platform.python_version()} Module/{_PACKAGE}_{version}"
 
 
 class RateLimiter:
@@ -198,9 +195,7 @@ class KlarnaOrdersClient:
         """GET the order (200 with the Order object)."""
         return self._call("get_order", "GET", order_id, "")
 
-    def capture(
-        self, order_id: str, body: Mapping[str, Any], idempotency_key: str
-    ) -> KlarnaResponse:
+    def capture(self, order_id: str, body: Mapping[str, Any], idempotency_key: str) -> KlarnaResponse:
         """POST /captures (201); ``resource_id`` is the ``Capture-Id``."""
         return self._call(
             "capture",
@@ -212,9 +207,7 @@ class KlarnaOrdersClient:
             id_header="Capture-Id",
         )
 
-    def refund(
-        self, order_id: str, body: Mapping[str, Any], idempotency_key: str
-    ) -> KlarnaResponse:
+    def refund(self, order_id: str, body: Mapping[str, Any], idempotency_key: str) -> KlarnaResponse:
         """POST /refunds (201); ``resource_id`` is the ``Refund-Id``."""
         return self._call(
             "refund",
@@ -230,9 +223,7 @@ class KlarnaOrdersClient:
         """POST /cancel (204); only allowed before any capture."""
         return self._call("cancel", "POST", order_id, "/cancel", idempotency_key=idempotency_key)
 
-    def release_remaining_authorization(
-        self, order_id: str, idempotency_key: str
-    ) -> KlarnaResponse:
+    def release_remaining_authorization(self, order_id: str, idempotency_key: str) -> KlarnaResponse:
         """POST /release-remaining-authorization (204); needs at least one capture."""
         return self._call(
             "release_remaining_authorization",
@@ -316,9 +307,7 @@ class KlarnaOrdersClient:
         settings = self._environment_settings(url)
         started = time.monotonic()
         try:
-            response = self._session.send(
-                prepared, timeout=self._timeout, allow_redirects=False, **settings
-            )
+            response = self._session.send(prepared, timeout=self._timeout, allow_redirects=False, **settings)
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -338,9 +327,7 @@ class KlarnaOrdersClient:
         log["response_headers"] = _redact(response.headers)
         log["response_body"] = _body_for_log(response.content)
         if not 200 <= response.status_code < 300:
-            error = error_from_response(
-                response.status_code, response.content, response.headers, log
-            )
+            error = error_from_response(response.status_code, response.content, response.headers, log)
             log["correlation_id"] = error.correlation_id
             self._log_call(
                 operation,

@@ -69,9 +69,7 @@ class KlarnaTransportError(KlarnaError):
 
     retryable: ClassVar[bool] = True
 
-    def __init__(
-        self, message: str, *, maybe_performed: bool, log: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, maybe_performed: bool, log: dict[str, Any] | None = None) -> None:
         super().__init__(message, log=log)
         self.maybe_performed = maybe_performed
 
@@ -205,9 +203,7 @@ def error_from_response(
     return cls(status, error_code, messages, correlation_id, log=log)
 
 
-def parse_retry_after(
-    headers: Mapping[str, str], *, now: Callable[[], float] = time.time
-) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
     """Seconds to wait from ``Retry-After`` (seconds or HTTP-date), else ``X-Ratelimit-Reset``."""
     retry_after = _header(headers, "Retry-After")
     if retry_after is not None:

@@ -39,11 +39,21 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
         remaining=int(raw.get("remaining_authorized_amount", 0)),
         expires_at=_time(raw.get("expires_at")),
         captures=tuple(
-            KlarnaCapture(c["capture_id"], c.get("reference"), int(c.get("captured_amount", 0)), recorded_lines(c.get("order_lines")))
+            KlarnaCapture(
+                c["capture_id"],
+                c.get("reference"),
+                int(c.get("captured_amount", 0)),
+                recorded_lines(c.get("order_lines")),
+            )
             for c in raw.get("captures") or []
         ),
         refunds=tuple(
-            KlarnaRefund(r["refund_id"], r.get("reference"), int(r.get("refunded_amount", 0)), recorded_lines(r.get("order_lines")))
+            KlarnaRefund(
+                r["refund_id"],
+                r.get("reference"),
+                int(r.get("refunded_amount", 0)),
+                recorded_lines(r.get("order_lines")),
+            )
             for r in raw.get("refunds") or []
         ),
     )

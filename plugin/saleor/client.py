@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import requests
 from gql import Client, GraphQLRequest
-from graphql import DocumentNode, parse
 from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
+from graphql import DocumentNode, parse
 
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
 from plugin.domain.money import tax_rate_basis_points, to_minor
@@ -260,5 +260,7 @@ def parse_order(raw: dict[str, Any], metadata_key: str = "klarna_order_id") -> S
         shipping_tax=_money(shipping.get("tax"), currency),
         total_gross=_money(raw["total"]["gross"], currency),
         klarna_order_id=find_klarna_order_id(raw, metadata_key),
-        notes=frozenset(e["message"] for e in raw.get("events") or [] if e.get("type") == "NOTE_ADDED" and e.get("message")),
+        notes=frozenset(
+            e["message"] for e in raw.get("events") or [] if e.get("type") == "NOTE_ADDED" and e.get("message")
+        ),
     )

@@ -8,8 +8,8 @@ replacing its only key), see ``webhooks`` and ``dashboard_ext``.
 from __future__ import annotations
 
 import base64
-import functools
 import binascii
+import functools
 import json
 from typing import Any
 
@@ -100,9 +100,7 @@ def verify_jwt(token: str, jwks_text: str) -> dict[str, Any]:
     if key is None:
         raise UnknownKey("no key for the token's kid")
     try:
-        return jwt.decode(
-            token, key, algorithms=["RS256"], options={"require": ["exp"], "verify_aud": False}
-        )
+        return jwt.decode(token, key, algorithms=["RS256"], options={"require": ["exp"], "verify_aud": False})
     except jwt.ExpiredSignatureError:
         raise BadSignature("token expired") from None
     except jwt.InvalidSignatureError:

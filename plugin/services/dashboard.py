@@ -68,7 +68,9 @@ class ShopReads(Protocol):
 
 def saleor_channels(saleor: ShopReads) -> list[Channel]:
     """The shop's channels. Raises ``SaleorError`` when Saleor cannot answer."""
-    return [Channel(str(c["slug"]), str(c.get("name") or c["slug"]), c.get("currencyCode")) for c in saleor.list_channels()]
+    return [
+        Channel(str(c["slug"]), str(c.get("name") or c["slug"]), c.get("currencyCode")) for c in saleor.list_channels()
+    ]
 
 
 def fulfillment_allow_unpaid(saleor: ShopReads) -> bool | None:
@@ -342,7 +344,7 @@ def connection_input(data: dict[str, Any], stored: MerchantSettings | None) -> t
     if not username:
         errors["username"] = "enter the Klarna API username"
     if not password:
-        errors["password"] = "enter the Klarna API password (none is stored)"  # noqa: S105 - a message
+        errors["password"] = "enter the Klarna API password (none is stored)"
     if errors:
         raise SettingsInvalid(errors)
     return username or "", password or "", region, environment
@@ -379,7 +381,9 @@ def check_connection(
     if error is None:
         return ConnectionCheck("ok", f"Credentials work: {where} accepted them.", region, environment)
     if isinstance(error, KlarnaTransportError):
-        return ConnectionCheck("unreachable", f"Klarna unreachable: no answer from {url}. Try again later.", region, environment)
+        return ConnectionCheck(
+            "unreachable", f"Klarna unreachable: no answer from {url}. Try again later.", region, environment
+        )
     if not isinstance(error, KlarnaAuthError):
         return ConnectionCheck("error", f"Klarna answered unexpectedly: {error}", region, environment)
     if not override:
@@ -392,5 +396,8 @@ def check_connection(
                     other_region, other_env,
                 )  # fmt: skip
     return ConnectionCheck(
-        "wrong_credentials", f"Wrong credentials: {where} refused this username and password (401).", region, environment
+        "wrong_credentials",
+        f"Wrong credentials: {where} refused this username and password (401).",
+        region,
+        environment,
     )

@@ -31,7 +31,9 @@ def retry_exception(session: Session, exception_id: int) -> str:
             op.generation += 1
             op.state = "pending"
             planned = PlannedOperation(op.kind, op.reference, op.amount)
-            op.idempotency_key = idempotency_key(op.saleor_api_url, op.order_id, op.klarna_order_id, planned, op.generation)
+            op.idempotency_key = idempotency_key(
+                op.saleor_api_url, op.order_id, op.klarna_order_id, planned, op.generation
+            )
     exc.state = "retried"
     exc.resolved_at = utcnow()
     queue.enqueue(session, exc.saleor_api_url, exc.order_id)

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, delete, select

@@ -38,10 +38,14 @@ _ENQUEUE = text(
 ).bindparams(bindparam("due", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
 
 
-def enqueue(conn: Session | Connection, saleor_api_url: str, order_id: str, *, now: datetime | None = None, delay: float = 0) -> None:
+def enqueue(
+    conn: Session | Connection, saleor_api_url: str, order_id: str, *, now: datetime | None = None, delay: float = 0
+) -> None:
     """Ask for a sync of the order; coalesces with a job for it that is still waiting."""
     now = now or utcnow()
-    conn.execute(_ENQUEUE, {"url": saleor_api_url, "order_id": order_id, "due": now + timedelta(seconds=delay), "now": now})
+    conn.execute(
+        _ENQUEUE, {"url": saleor_api_url, "order_id": order_id, "due": now + timedelta(seconds=delay), "now": now}
+    )
 
 
 def _due(now: datetime):  # type: ignore[no-untyped-def]
@@ -52,7 +56,9 @@ def _due(now: datetime):  # type: ignore[no-untyped-def]
     )
 
 
-def claim(session: Session, owner: str, *, lease_seconds: int, limit: int = 1, now: datetime | None = None) -> list[ClaimedJob]:
+def claim(
+    session: Session, owner: str, *, lease_seconds: int, limit: int = 1, now: datetime | None = None
+) -> list[ClaimedJob]:
     """Lease up to ``limit`` due jobs for ``owner`` in one statement; commit the session afterwards.
 
     PostgreSQL: the inner SELECT locks with FOR UPDATE SKIP LOCKED, so concurrent claimers take
@@ -97,7 +103,9 @@ def finish(session: Session, job: ClaimedJob, *, again_in: float | None = None) 
         "attempts": 0, "last_error": None, "updated_at": now,
     }  # fmt: skip
     if again_in is not None:
-        values["requested_seq"] = case((Job.requested_seq > Job.claimed_seq, Job.requested_seq), else_=Job.claimed_seq + 1)
+        values["requested_seq"] = case(
+            (Job.requested_seq > Job.claimed_seq, Job.requested_seq), else_=Job.claimed_seq + 1
+        )
         values["run_after"] = case((Job.requested_seq > Job.claimed_seq, now), else_=now + timedelta(seconds=again_in))
     session.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.owner).values(**values))
 
@@ -108,7 +116,13 @@ def retry_later(session: Session, job: ClaimedJob, *, delay: float, error: str) 
     session.execute(
         update(Job)
         .where(Job.id == job.id, Job.lease_owner == job.owner)
-        .values(leased_until=None, lease_owner=None, run_after=now + timedelta(seconds=delay), last_error=error[:2000], updated_at=now)
+        .values(
+            leased_until=None,
+            lease_owner=None,
+            run_after=now + timedelta(seconds=delay),
+            last_error=error[:2000],
+            updated_at=now,
+        )
     )
 
 

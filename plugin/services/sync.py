@@ -22,7 +22,16 @@ from sqlalchemy.orm import Session
 from plugin.crypto import SecretBox
 from plugin.db import Database
 from plugin.db.models import Installation, Note, Operation, ProcessException, utcnow
-from plugin.domain.model import DEFAULT_MAPPING, Action, KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
+from plugin.domain.model import (
+    DEFAULT_MAPPING,
+    Action,
+    KlarnaCapture,
+    KlarnaOrder,
+    KlarnaRefund,
+    PlannedOperation,
+    RecordedLine,
+    ShopOrder,
+)
 from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
 from plugin.klarna.errors import KlarnaError, KlarnaNotFoundError
@@ -81,7 +90,9 @@ class Outcome:
     skipped: str | None = None
 
 
-def idempotency_key(saleor_api_url: str, order_id: str, klarna_order_id: str, op: PlannedOperation, generation: int) -> str:
+def idempotency_key(
+    saleor_api_url: str, order_id: str, klarna_order_id: str, op: PlannedOperation, generation: int
+) -> str:
     """Deterministic: the same intended operation gives the same key; another amount, another key."""
     name = "|".join((saleor_api_url, order_id, klarna_order_id, op.kind, op.reference, str(op.amount), str(generation)))
     return str(uuid.uuid5(KEY_NAMESPACE, name))
@@ -131,7 +142,9 @@ def _call_saleor(call: Callable[[], Any]) -> Any:
 
 
 class _Context:
-    def __init__(self, deps: SyncDeps, job: queue.ClaimedJob, saleor: SaleorPort, order: ShopOrder, app_id: str) -> None:
+    def __init__(
+        self, deps: SyncDeps, job: queue.ClaimedJob, saleor: SaleorPort, order: ShopOrder, app_id: str
+    ) -> None:
         self.deps, self.job, self.saleor, self.order, self.app_id = deps, job, saleor, order, app_id
         self.klarna_id: str = order.klarna_order_id or ""
         self.outcome = Outcome()
@@ -180,7 +193,11 @@ class _Context:
         except KlarnaError as exc:
             if exc.retryable:
                 raise Transient(str(exc), getattr(exc, "retry_after", None)) from None
-            self.exception_once(getattr(exc, "error_code", None) or "KLARNA_ERROR", f"Klarna refused to read order {self.klarna_id}: {exc}", exc)
+            self.exception_once(
+                getattr(exc, "error_code", None) or "KLARNA_ERROR",
+                f"Klarna refused to read order {self.klarna_id}: {exc}",
+                exc,
+            )
         return None
 
     def _has_pending(self) -> bool:
@@ -219,15 +236,23 @@ class _Context:
                                 .where(ProcessException.operation_id == op.id, ProcessException.state == "open")
                                 .values(state="resolved", resolved_at=utcnow())
                             )
-                        self._succeeded(session, op, getattr(found, "capture_id", None) or getattr(found, "refund_id", None))
+                        self._succeeded(
+                            session, op, getattr(found, "capture_id", None) or getattr(found, "refund_id", None)
+                        )
                 if op.state == "succeeded":
                     if op.kind == "capture" and op.reference not in capture_refs:
-                        extra_captures.append(KlarnaCapture(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op)))
+                        extra_captures.append(
+                            KlarnaCapture(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op))
+                        )
                     if op.kind == "refund" and op.reference not in refund_refs:
-                        extra_refunds.append(KlarnaRefund(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op)))
+                        extra_refunds.append(
+                            KlarnaRefund(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op))
+                        )
         if extra_captures or extra_refunds:
             logger.warning("Klarna does not list operations the ledger recorded", extra=self._log_extra())
-            state = replace(state, captures=state.captures + tuple(extra_captures), refunds=state.refunds + tuple(extra_refunds))
+            state = replace(
+                state, captures=state.captures + tuple(extra_captures), refunds=state.refunds + tuple(extra_refunds)
+            )
         return state
 
     def _perform(self, klarna: KlarnaPort, planned: PlannedOperation) -> bool:
@@ -299,17 +324,23 @@ class _Context:
         if not final:
             # The row stays pending: the retry re-sends it with the same key.
             raise Transient(str(exc), getattr(exc, "retry_after", None))
-        logger.warning("Klarna operation failed", extra=self._log_extra(op_kind=planned.kind, error_code=exc.__class__.__name__))
+        logger.warning(
+            "Klarna operation failed", extra=self._log_extra(op_kind=planned.kind, error_code=exc.__class__.__name__)
+        )
         return False
 
     def _fail(self, session: Session, op: Operation, planned: PlannedOperation, exc: KlarnaError) -> None:
         op.state = "failed"
         amount = format_minor(planned.amount, self.order.currency)
-        reason = f"{op.error_code}: {_messages(exc)}" + (f" (correlation id {op.correlation_id})" if op.correlation_id else "")
+        reason = f"{op.error_code}: {_messages(exc)}" + (
+            f" (correlation id {op.correlation_id})" if op.correlation_id else ""
+        )
         if exc.retryable:
             reason = f"still failing after {self.job.attempts} attempts: {reason}"
         retry = f" (retry {op.generation})" if op.generation else ""
-        message = f"Klarna: {planned.kind} of {amount} failed{retry}: {reason}. Retry it from the app's process exceptions."
+        message = (
+            f"Klarna: {planned.kind} of {amount} failed{retry}: {reason}. Retry it from the app's process exceptions."
+        )
         session.add(ProcessException(
             saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, operation_id=op.id,
             error_code=op.error_code, message=message, correlation_id=op.correlation_id, log=op.log,
@@ -331,7 +362,9 @@ class _Context:
         key = _dedupe_key(self.job.saleor_api_url, self.order.id, dedupe)
         if session.scalar(select(Note.id).where(Note.dedupe_key == key)) is not None:
             return False
-        session.add(Note(saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, dedupe_key=key, message=message))
+        session.add(
+            Note(saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, dedupe_key=key, message=message)
+        )
         return True
 
     def note_once(self, dedupe: str, message: str, exception: tuple[str, str] | None = None) -> None:
@@ -360,7 +393,11 @@ class _Context:
             pending = list(
                 session.scalars(
                     select(Note)
-                    .where(Note.saleor_api_url == self.job.saleor_api_url, Note.order_id == self.order.id, Note.state == "pending")
+                    .where(
+                        Note.saleor_api_url == self.job.saleor_api_url,
+                        Note.order_id == self.order.id,
+                        Note.state == "pending",
+                    )
                     .order_by(Note.id)
                 )
             )
@@ -409,7 +446,12 @@ class _Context:
             logger.warning("order summary metadata not written", extra=self._log_extra())
 
     def _log_extra(self, **more: Any) -> dict[str, Any]:
-        return {"saleor_api_url": self.job.saleor_api_url, "order_id": self.order.id, "klarna_order_id": self.klarna_id, **more}
+        return {
+            "saleor_api_url": self.job.saleor_api_url,
+            "order_id": self.order.id,
+            "klarna_order_id": self.klarna_id,
+            **more,
+        }
 
 
 def success_note(op: Operation, order: ShopOrder) -> str:

@@ -20,10 +20,10 @@ from werkzeug.wrappers import Request, Response
 from plugin.app import Services, create_app
 from plugin.db import Database
 from plugin.settings import Settings
+from plugin.testing.klarna import FakeKlarna, FakeKlarnaServer
+from plugin.testing.loopback import LoopbackServer
+from plugin.testing.saleor import FakeSaleor
 from tests.conftest import SECRET
-from tests.fakes.klarna import FakeKlarna, FakeKlarnaServer
-from tests.fakes.loopback import LoopbackServer
-from tests.fakes.saleor import FakeSaleor
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

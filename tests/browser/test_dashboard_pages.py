@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from plugin.db.models import Operation, ProcessException
+from plugin.testing.saleor import gid
 from plugin.worker import Worker
 from tests.browser.conftest import Stack
-from tests.fakes.saleor import gid
 
 pytestmark = pytest.mark.browser
 
@@ -37,10 +37,22 @@ def _order(stack: Stack, *, tracking: str = "") -> tuple[str, str, str]:
     return order_id, line_id, klarna_id
 
 
-def _open(page: Any, stack: Stack, path: str, token: str, *, theme: str = "light", width: int = 1280, height: int = 900, **params: str) -> Any:
+def _open(
+    page: Any,
+    stack: Stack,
+    path: str,
+    token: str,
+    *,
+    theme: str = "light",
+    width: int = 1280,
+    height: int = 900,
+    **params: str,
+) -> Any:
     """Load the stand-in dashboard embedding ``path``; return the app's frame."""
     query = {"theme": theme, **params} if theme else params
-    page.goto(stack.dashboard.page(stack.app_page(path, **query), token, theme=theme or "light", width=width, height=height))
+    page.goto(
+        stack.dashboard.page(stack.app_page(path, **query), token, theme=theme or "light", width=width, height=height)
+    )
     return page.frame_locator("#app")
 
 
@@ -63,11 +75,14 @@ def test_settings_page_saves_and_the_worker_follows_the_mapping(page: Any, stack
     sent_tokens: list[str | None] = []
     page.on("request", lambda request: sent_tokens.append(request.headers.get("authorization-bearer")))
     api_bodies: list[str] = []
-    page.on("response", lambda response: api_bodies.append(response.text()) if "/api/dashboard/" in response.url else None)
+    page.on(
+        "response", lambda response: api_bodies.append(response.text()) if "/api/dashboard/" in response.url else None
+    )
     order_a, line_a, klarna_a = _order(stack)
     order_b, line_b, klarna_b = _order(stack)
-    order_c = stack.saleor.create_order(lines=[{"name": "Hat", "quantity": 1, "unit_gross": "10.00"}],
-                                        klarna_order_id=str(uuid.uuid4()))  # Klarna does not know this one
+    order_c = stack.saleor.create_order(
+        lines=[{"name": "Hat", "quantity": 1, "unit_gross": "10.00"}], klarna_order_id=str(uuid.uuid4())
+    )  # Klarna does not know this one
     line_c = stack.saleor.order(order_c)["lines"][0]["id"]
 
     frame = _open(page, stack, "/app", token)
@@ -77,7 +92,9 @@ def test_settings_page_saves_and_the_worker_follows_the_mapping(page: Any, stack
     messages = page.evaluate("window.dashboard.messages")
     assert any(m["type"] == "notifyReady" for m in messages)
     assert frame.locator("#channel-select option").all_inner_texts()[:2] == [
-        "All channels", "Default Channel · USD (uses the settings for all channels)"]
+        "All channels",
+        "Default Channel · USD (uses the settings for all channels)",
+    ]
     # Nonsensical actions cannot be picked.
     assert frame.locator('select[name="mapping.UNFULFILLED"] option[value="capture"]').is_disabled()
     assert frame.locator('select[name="mapping.FULFILLED"] option[value="refund"]').is_disabled()
@@ -204,7 +221,10 @@ def test_read_only_user_sees_a_disabled_form(page: Any, stack: Stack) -> None:
 
 def test_order_widget_shows_klarna_state_and_retries(page: Any, stack: Stack, screenshots: Path) -> None:
     with stack.app.test_client() as client:
-        headers = {"authorization-bearer": stack.saleor.mint_token(user_permissions=ADMIN), "saleor-api-url": stack.saleor.api_url}
+        headers = {
+            "authorization-bearer": stack.saleor.mint_token(user_permissions=ADMIN),
+            "saleor-api-url": stack.saleor.api_url,
+        }
         saved = client.put("/api/dashboard/settings/*", headers=headers, json={
             "region": "EU", "environment": "playground", "username": "PK_test", "password": "secret",
             "mapping": {"FULFILLED": "capture", "PARTIALLY_FULFILLED": "capture"},
@@ -219,8 +239,9 @@ def test_order_widget_shows_klarna_state_and_retries(page: Any, stack: Stack, sc
             saleor_api_url=stack.saleor.api_url, order_id=order_id, error_code="REFUND_NOT_ALLOWED",
             message="Klarna: refund of 25.00 USD failed: REFUND_NOT_ALLOWED", log=json.dumps([]),
         ))  # fmt: skip
-    widget_token = stack.saleor.mint_token(permissions=("MANAGE_ORDERS",), user_permissions=ADMIN,
-                                           app_extension=gid("AppExtension", 1))
+    widget_token = stack.saleor.mint_token(
+        permissions=("MANAGE_ORDERS",), user_permissions=ADMIN, app_extension=gid("AppExtension", 1)
+    )
     page.set_viewport_size({"width": 360, "height": 700})
 
     # The Dashboard builds widget URLs without ?theme and sends the theme by message.

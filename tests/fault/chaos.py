@@ -44,15 +44,29 @@ from plugin.app import Services, create_app
 from plugin.db.models import Job, Note, Operation, ProcessException
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
+from plugin.testing.klarna import FakeKlarna, FakeKlarnaServer
+from plugin.testing.saleor import Delivery, FakeSaleor, wsgi_transport
 from tests.conftest import SECRET
-from tests.fakes.klarna import FakeKlarna, FakeKlarnaServer
-from tests.fakes.saleor import Delivery, FakeSaleor, wsgi_transport
 
 ROOT = Path(__file__).resolve().parents[2]
 KLARNA_OM = Path(sys.executable).parent / "klarna-om"
 
-TEE = {"name": "Monospace Tee", "sku": "TEE", "quantity": 2, "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"}
-SHOE = {"name": "Dash Force", "sku": "SHOE", "quantity": 1, "unit_gross": "90.00", "unit_net": "90.00", "tax_rate": "0.00"}
+TEE = {
+    "name": "Monospace Tee",
+    "sku": "TEE",
+    "quantity": 2,
+    "unit_gross": "20.00",
+    "unit_net": "20.00",
+    "tax_rate": "0.00",
+}
+SHOE = {
+    "name": "Dash Force",
+    "sku": "SHOE",
+    "quantity": 1,
+    "unit_gross": "90.00",
+    "unit_net": "90.00",
+    "tax_rate": "0.00",
+}
 
 
 # -- a faster fake Saleor ---------------------------------------------------------------------
@@ -145,7 +159,9 @@ class Pump:
         self._seq = 0
         self._busy = 0
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"saleor-webhooks-{i}", daemon=True) for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, name=f"saleor-webhooks-{i}", daemon=True) for i in range(threads)
+        ]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -181,14 +197,16 @@ class Pump:
                 continue
             try:
                 status, body = self.saleor.deliver(delivery)
-            except Exception:  # noqa: BLE001 - as a connection error: Saleor retries
+            except Exception:
                 status, body = 0, b""
             with self._lock:
                 if 200 <= status < 300:
                     self.delivered += 1
                 elif status == 0 or status >= 500:
                     self._seq += 1
-                    heapq.heappush(self._later, (time.monotonic() + self.rng.uniform(*self.retry_delay), self._seq, delivery))
+                    heapq.heappush(
+                        self._later, (time.monotonic() + self.rng.uniform(*self.retry_delay), self._seq, delivery)
+                    )
                 else:
                     self.rejected.append((delivery.event, status, body[:300]))
                 self._busy -= 1
@@ -254,8 +272,12 @@ class WorkerProcs:
                     with open(self.log_dir / f"worker-{slot}.log", "rb") as log:
                         log.seek(self._log_offsets[slot])
                         output = log.read().decode(errors="replace")
-                    started = any(line.startswith("worker ") and line.endswith(" started") for line in output.splitlines())
-                    (self.unexpected_exits if started else self.startup_failures).append((slot, proc.returncode, output[-4000:]))
+                    started = any(
+                        line.startswith("worker ") and line.endswith(" started") for line in output.splitlines()
+                    )
+                    (self.unexpected_exits if started else self.startup_failures).append(
+                        (slot, proc.returncode, output[-4000:])
+                    )
                     self.procs[slot] = None
                 if self.procs[slot] is None:
                     self.start(slot)
@@ -345,10 +367,12 @@ class Chaos(threading.Thread):
                 if now >= next_klarna:
                     next_klarna = now + self.rng.uniform(*self.drop_klarna_every)
                     if self.klarna.pending_drops() < 2:
-                        path = self.rng.choice(["/captures", "/refunds", "/cancel", "/release-remaining-authorization", ""])
+                        path = self.rng.choice(
+                            ["/captures", "/refunds", "/cancel", "/release-remaining-authorization", ""]
+                        )
                         self.klarna.inject("drop_after", times=1, method="POST", path_contains=path)
                         self.klarna_drops_injected += 1
-        except Exception as exc:  # noqa: BLE001 - reported by the test
+        except Exception as exc:
             self.errors.append(repr(exc))
             raise
         finally:
@@ -465,7 +489,7 @@ class Driver(threading.Thread):
                         story.not_before = time.monotonic() + self.rng.uniform(*self.step_delay)
                         self.steps_done += 1
                 time.sleep(0.01)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
+        except Exception as exc:
             self.errors.append(repr(exc))
             raise
 
@@ -573,8 +597,10 @@ class Rig:
         """Where things stand, for a timeout's message."""
         parts = [f"klarna calls {len(self.klarna.requests)}", f"performed {self.klarna.counts()}"]
         if stories is not None:
-            parts.append(f"stories created {sum(1 for s in stories if s.order_id)}, played {sum(1 for s in stories if s.done)}, "
-                         f"reflected {sum(1 for s in stories if klarna_matches(self.klarna, s))} of {len(stories)}")
+            parts.append(
+                f"stories created {sum(1 for s in stories if s.order_id)}, played {sum(1 for s in stories if s.done)}, "
+                f"reflected {sum(1 for s in stories if klarna_matches(self.klarna, s))} of {len(stories)}"
+            )
         if self.pump is not None:
             parts.append(f"outbox {len(self.saleor.outbox)}, redelivered {self.pump.redelivered}")
         try:
@@ -582,7 +608,7 @@ class Rig:
                 rows = conn.execute(select(Job.order_id, Job.requested_seq, Job.done_seq, Job.attempts, Job.run_after,
                                            Job.leased_until, Job.last_error).where(Job.requested_seq > Job.done_seq)).all()  # fmt: skip
             parts.append(f"busy jobs {len(rows)}: {[tuple(r) for r in rows[:5]]}")
-        except Exception as exc:  # noqa: BLE001 - a diagnostic only
+        except Exception as exc:
             parts.append(f"jobs unreadable: {exc!r}")
         return "; ".join(parts)
 
@@ -724,5 +750,22 @@ def report(record_property: Callable[[str, Any], None], name: str, stats: dict[s
     (out / f"{name}.json").write_text(json.dumps(stats, indent=2) + "\n")
 
 
-__all__ = ["Chaos", "CountingKlarna", "Driver", "Expect", "KINDS", "Pump", "Rig", "Story", "WorkerProcs",
-           "Problems", "klarna_matches", "make_story", "memoized_graphql", "observer_engine", "report", "summary", "verify"]
+__all__ = [
+    "KINDS",
+    "Chaos",
+    "CountingKlarna",
+    "Driver",
+    "Expect",
+    "Problems",
+    "Pump",
+    "Rig",
+    "Story",
+    "WorkerProcs",
+    "klarna_matches",
+    "make_story",
+    "memoized_graphql",
+    "observer_engine",
+    "report",
+    "summary",
+    "verify",
+]

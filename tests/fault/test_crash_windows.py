@@ -34,6 +34,7 @@ from tests.functional.shop import Shop
 
 pytestmark = pytest.mark.fault
 
+
 @pytest.fixture
 def shop(settings: Settings) -> Shop:  # type: ignore[misc]
     shop = Shop(settings)
@@ -120,7 +121,9 @@ def test_a_worker_whose_lease_ran_out_writes_no_note(shop: Shop, monkeypatch: py
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_a_worker_process_survives_losing_its_database_connection_while_claiming(database_url: str, tmp_path: Path) -> None:
+def test_a_worker_process_survives_losing_its_database_connection_while_claiming(
+    database_url: str, tmp_path: Path
+) -> None:
     import psycopg
 
     env = {
@@ -129,8 +132,14 @@ def test_a_worker_process_survives_losing_its_database_connection_while_claiming
         "KLARNA_APP_INSTANCE_PATH": str(tmp_path), "PYTHONPATH": str(ROOT),
     }  # fmt: skip
     log = tmp_path / "worker.log"
-    with open(log, "wb") as out, psycopg.connect(database_url) as blocker, psycopg.connect(database_url, autocommit=True) as admin:
-        proc = subprocess.Popen([str(KLARNA_OM), "worker", "--concurrency", "1"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    with (
+        open(log, "wb") as out,
+        psycopg.connect(database_url) as blocker,
+        psycopg.connect(database_url, autocommit=True) as admin,
+    ):
+        proc = subprocess.Popen(
+            [str(KLARNA_OM), "worker", "--concurrency", "1"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             # given a worker polling the queue, its claim held up by a lock on the jobs table
             blocker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")

@@ -70,7 +70,9 @@ def _play(rig: Rig, stories: list[Story], chaos: Chaos, *, timeout: float) -> di
     chaos.start()
     driver.start()
     try:
-        rig.wait_until(lambda: driver.finished or bool(driver.errors), timeout, "the stories to be played", progress=progress)
+        rig.wait_until(
+            lambda: driver.finished or bool(driver.errors), timeout, "the stories to be played", progress=progress
+        )
         assert not driver.errors, driver.errors
     finally:
         driver.stop_event.set()
@@ -95,7 +97,9 @@ def _play(rig: Rig, stories: list[Story], chaos: Chaos, *, timeout: float) -> di
 def _judge(rig: Rig, stories: list[Story], stats: dict[str, Any]) -> None:
     assert rig.workers is not None
     problems = verify(rig, stories)
-    assert not problems.hard, "\n".join(problems.hard[:40]) + f"\n({len(problems.hard)} problems)\n{rig.workers.log_tail()}"
+    assert not problems.hard, (
+        "\n".join(problems.hard[:40]) + f"\n({len(problems.hard)} problems)\n{rig.workers.log_tail()}"
+    )
     # A running worker process must only ever end because the chaos killed it. (One that cannot
     # reach the database while starting exits: cli.py's start-up check, see the module docstring.)
     exits = rig.workers.unexpected_exits

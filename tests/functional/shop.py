@@ -4,8 +4,8 @@ a FakeKlarna behind real HTTP, and a worker to drain the queue."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,12 +16,26 @@ from plugin.db.models import Job, Operation, ProcessException, utcnow
 from plugin.domain.money import to_minor
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
+from plugin.testing.klarna import FakeKlarnaServer
+from plugin.testing.saleor import FakeSaleor, wsgi_transport
 from plugin.worker import Worker
-from tests.fakes.klarna import FakeKlarnaServer
-from tests.fakes.saleor import FakeSaleor, wsgi_transport
 
-TEE = {"name": "Monospace Tee", "sku": "328223583", "quantity": 2, "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"}
-SHOE = {"name": "Dash Force", "sku": "618223584", "quantity": 1, "unit_gross": "90.00", "unit_net": "90.00", "tax_rate": "0.00"}
+TEE = {
+    "name": "Monospace Tee",
+    "sku": "328223583",
+    "quantity": 2,
+    "unit_gross": "20.00",
+    "unit_net": "20.00",
+    "tax_rate": "0.00",
+}
+SHOE = {
+    "name": "Dash Force",
+    "sku": "618223584",
+    "quantity": 1,
+    "unit_gross": "90.00",
+    "unit_net": "90.00",
+    "tax_rate": "0.00",
+}
 
 
 class Shop:
@@ -49,8 +63,17 @@ class Shop:
         with self.services.db.transaction() as session:
             self.services.store.save(session, self.saleor.api_url, merchant)
 
-    def order(self, lines: list[dict[str, Any]] | None = None, *, shipping: str = "0.00", fraud_status: str = "ACCEPTED",
-              currency: str = "USD", klarna: bool = True, total: str | None = None, **extra: Any) -> tuple[str, str | None]:
+    def order(
+        self,
+        lines: list[dict[str, Any]] | None = None,
+        *,
+        shipping: str = "0.00",
+        fraud_status: str = "ACCEPTED",
+        currency: str = "USD",
+        klarna: bool = True,
+        total: str | None = None,
+        **extra: Any,
+    ) -> tuple[str, str | None]:
         lines = lines or [dict(TEE), dict(SHOE)]
         gross = sum(Decimal(line["unit_gross"]) * line["quantity"] for line in lines) + Decimal(shipping)
         amount = to_minor(total or gross, currency)

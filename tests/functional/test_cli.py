@@ -25,7 +25,9 @@ def cli_env(shop: Shop, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_settings_export_leaves_secrets_out_and_import_round_trips(shop: Shop, cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_settings_export_leaves_secrets_out_and_import_round_trips(
+    shop: Shop, cli_env: dict[str, str], tmp_path: Path
+) -> None:
     shop.install()
     runner = CliRunner()
     exported = runner.invoke(main, ["settings", "export"], env=cli_env)
@@ -34,7 +36,9 @@ def test_settings_export_leaves_secrets_out_and_import_round_trips(shop: Shop, c
     assert "secret" not in exported.output and doc["channels"][0]["password_set"] is True
     # when the mapping is changed in the file and imported
     doc["channels"][0]["mapping"]["PARTIALLY_FULFILLED"] = "none"
-    doc["channels"].append({"channel": "eu-channel", "region": "EU", "environment": "live", "username": "PK_eu", "password": "pw"})
+    doc["channels"].append(
+        {"channel": "eu-channel", "region": "EU", "environment": "live", "username": "PK_eu", "password": "pw"}
+    )
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(doc))
     imported = runner.invoke(main, ["settings", "import", str(path)], env=cli_env)
@@ -55,7 +59,9 @@ def test_settings_export_leaves_secrets_out_and_import_round_trips(shop: Shop, c
         pytest.param({"channel": "*", "options": {"shipping_with": "middle"}}, "first or last", id="bad-option"),
     ],
 )
-def test_settings_import_validates_and_stores_nothing_on_error(shop: Shop, cli_env: dict[str, str], tmp_path: Path, channel: dict, message: str) -> None:  # type: ignore[type-arg]
+def test_settings_import_validates_and_stores_nothing_on_error(
+    shop: Shop, cli_env: dict[str, str], tmp_path: Path, channel: dict, message: str
+) -> None:  # type: ignore[type-arg]
     shop.install()
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"channels": [channel]}))
@@ -68,7 +74,7 @@ def test_settings_import_validates_and_stores_nothing_on_error(shop: Shop, cli_e
 def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]) -> None:
     # given a capture that kept failing with 5xx past the retry budget
     shop.install()
-    order_id, kid = shop.order()
+    order_id, _kid = shop.order()
     tee, shoe = shop.line_ids(order_id)
     shop.klarna.inject("500", times=50, path_contains="/captures", method="POST")
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
@@ -95,7 +101,11 @@ def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]
 
 
 def test_worker_and_gunicorn_entry_refuse_an_unmigrated_database(tmp_path: Path) -> None:
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}", "KLARNA_APP_SECRET_KEYS": SECRET, "KLARNA_APP_INSTANCE_PATH": str(tmp_path)}
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}",
+        "KLARNA_APP_SECRET_KEYS": SECRET,
+        "KLARNA_APP_INSTANCE_PATH": str(tmp_path),
+    }
     result = CliRunner().invoke(main, ["worker"], env=env)
     assert result.exit_code != 0 and "klarna-om db upgrade" in result.output
     upgraded = CliRunner().invoke(main, ["db", "upgrade"], env=env)

@@ -24,8 +24,8 @@ from sqlalchemy import select
 from plugin.app import Services
 from plugin.db.models import Base, Installation, Job, Operation, ProcessException
 from plugin.klarna.client import KlarnaOrdersClient
-from tests.fakes.klarna import FakeKlarna, FakeKlarnaServer
-from tests.fakes.saleor import FakeSaleor
+from plugin.testing.klarna import FakeKlarna, FakeKlarnaServer
+from plugin.testing.saleor import FakeSaleor
 
 API = "/api/dashboard"
 ADMIN = ("MANAGE_ORDERS", "MANAGE_APPS")
@@ -81,7 +81,9 @@ def snapshot(services: Services) -> dict[str, list[str]]:
         }
 
 
-def add_failure(services: Services, saleor_api_url: str, *, order_id: str = "T3JkZXI6MQ==", log: list | None = None) -> tuple[int, int]:
+def add_failure(
+    services: Services, saleor_api_url: str, *, order_id: str = "T3JkZXI6MQ==", log: list | None = None
+) -> tuple[int, int]:
     """A failed capture and its open process exception, as the worker leaves them: (operation id, exception id)."""
     log = log if log is not None else [{
         "method": "POST", "url": "https://api.playground.klarna.com/ordermanagement/v1/orders/k-1/captures",
@@ -147,13 +149,28 @@ def _refusal_cases() -> list[Any]:
     cases = [
         ("no-token-header", headers_without("authorization-bearer"), 400, "MISSING_HEADERS"),
         ("no-saleor-api-url-header", headers_without("saleor-api-url"), 400, "MISSING_HEADERS"),
-        ("unknown-saleor", lambda s: {**auth(s), "saleor-api-url": "http://127.0.0.1:9/graphql/"}, 401, "NOT_REGISTERED"),
+        (
+            "unknown-saleor",
+            lambda s: {**auth(s), "saleor-api-url": "http://127.0.0.1:9/graphql/"},
+            401,
+            "NOT_REGISTERED",
+        ),
         ("not-a-jwt", lambda s: auth(s, token="not-a-jwt"), 401, "INVALID_TOKEN"),
         ("expired", lambda s: auth(s, now=time.time() - 600), 401, "TOKEN_EXPIRED"),
         ("forged-other-key-same-kid", lambda s: auth(s, token=forged_token(s)), 401, "INVALID_TOKEN"),
-        ("other-saleors-token", lambda s: auth(s, token=FakeSaleor().mint_token(app_id=s.app_id, user_permissions=ADMIN)), 401, "INVALID_TOKEN"),
+        (
+            "other-saleors-token",
+            lambda s: auth(s, token=FakeSaleor().mint_token(app_id=s.app_id, user_permissions=ADMIN)),
+            401,
+            "INVALID_TOKEN",
+        ),
         ("other-app", lambda s: auth(s, app_id="QXBwOjk5OQ=="), 401, "WRONG_APP"),
-        ("no-manage-orders", lambda s: auth(s, user_permissions=("MANAGE_APPS", "MANAGE_PRODUCTS")), 403, "PERMISSION_DENIED"),
+        (
+            "no-manage-orders",
+            lambda s: auth(s, user_permissions=("MANAGE_APPS", "MANAGE_PRODUCTS")),
+            403,
+            "PERMISSION_DENIED",
+        ),
     ]
     return [pytest.param(make, status, code, id=name) for name, make, status, code in cases]
 
@@ -174,7 +191,12 @@ def _calls(exception_id: int) -> list[tuple[str, str, dict[str, Any] | None]]:
 
 @pytest.mark.parametrize(("make_headers", "status", "code"), _refusal_cases())
 def test_refused_calls_answer_json_and_change_nothing(
-    client: Any, services: Services, saleor: FakeSaleor, make_headers: Callable[[FakeSaleor], dict[str, str]], status: int, code: str
+    client: Any,
+    services: Services,
+    saleor: FakeSaleor,
+    make_headers: Callable[[FakeSaleor], dict[str, str]],
+    status: int,
+    code: str,
 ) -> None:
     _, exception_id = add_failure(services, saleor.api_url)
     client.put(f"{API}/settings/default-channel", headers=auth(saleor), json=CREDENTIALS)
@@ -253,7 +275,12 @@ def test_settings_round_trip_never_returns_the_password(client: Any, services: S
     channel = _channel(client, saleor, "*")
     assert channel["own_settings"] is True
     stored = channel["settings"]
-    assert (stored["region"], stored["environment"], stored["username"], stored["password_set"]) == ("NA", "playground", "PK_test", True)
+    assert (stored["region"], stored["environment"], stored["username"], stored["password_set"]) == (
+        "NA",
+        "playground",
+        "PK_test",
+        True,
+    )
     assert stored["mapping"] == {
         "DRAFT": "none", "UNCONFIRMED": "none", "UNFULFILLED": "none", "PARTIALLY_FULFILLED": "none",
         "FULFILLED": "none", "PARTIALLY_RETURNED": "refund", "RETURNED": "refund", "CANCELED": "cancel", "EXPIRED": "cancel",
@@ -268,7 +295,9 @@ def test_settings_round_trip_never_returns_the_password(client: Any, services: S
 
 
 @pytest.mark.parametrize("password", [pytest.param({}, id="absent"), pytest.param({"password": ""}, id="empty")])
-def test_an_empty_password_keeps_the_stored_one(client: Any, services: Services, saleor: FakeSaleor, password: dict[str, str]) -> None:
+def test_an_empty_password_keeps_the_stored_one(
+    client: Any, services: Services, saleor: FakeSaleor, password: dict[str, str]
+) -> None:
     client.put(f"{API}/settings/*", headers=auth(saleor), json=CREDENTIALS)
 
     response = client.put(f"{API}/settings/*", headers=auth(saleor), json={"username": "PK_other", **password})
@@ -279,7 +308,9 @@ def test_an_empty_password_keeps_the_stored_one(client: Any, services: Services,
     assert (stored.username, stored.password) == ("PK_other", "secret")
 
 
-def test_a_channel_saved_on_its_own_starts_from_what_it_inherited(client: Any, services: Services, saleor: FakeSaleor) -> None:
+def test_a_channel_saved_on_its_own_starts_from_what_it_inherited(
+    client: Any, services: Services, saleor: FakeSaleor
+) -> None:
     client.put(f"{API}/settings/*", headers=auth(saleor), json=CREDENTIALS)
 
     response = client.put(f"{API}/settings/channel-pln", headers=auth(saleor), json={"region": "OC"})
@@ -294,7 +325,9 @@ def test_a_channel_saved_on_its_own_starts_from_what_it_inherited(client: Any, s
     assert client.delete(f"{API}/settings/*", headers=auth(saleor)).status_code == 400
 
 
-def test_field_errors_are_reported_per_field_and_nothing_is_stored(client: Any, services: Services, saleor: FakeSaleor) -> None:
+def test_field_errors_are_reported_per_field_and_nothing_is_stored(
+    client: Any, services: Services, saleor: FakeSaleor
+) -> None:
     before = snapshot(services)
 
     response = client.put(f"{API}/settings/*", headers=auth(saleor), json={
@@ -308,12 +341,21 @@ def test_field_errors_are_reported_per_field_and_nothing_is_stored(client: Any, 
         "options.send_tracking", "options.colour",
     }  # fmt: skip
     assert snapshot(services) == before
-    assert client.put(f"{API}/settings/*", headers=auth(saleor), data="[]", content_type="application/json").status_code == 400
+    assert (
+        client.put(f"{API}/settings/*", headers=auth(saleor), data="[]", content_type="application/json").status_code
+        == 400
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "action"),
-    [("UNFULFILLED", "capture"), ("FULFILLED", "refund"), ("RETURNED", "capture"), ("DRAFT", "cancel"), ("CANCELED", "refund")],
+    [
+        ("UNFULFILLED", "capture"),
+        ("FULFILLED", "refund"),
+        ("RETURNED", "capture"),
+        ("DRAFT", "cancel"),
+        ("CANCELED", "refund"),
+    ],
 )
 def test_a_nonsensical_mapping_is_refused_with_a_reason(
     client: Any, services: Services, saleor: FakeSaleor, status: str, action: str
@@ -356,7 +398,9 @@ def test_connection_against_the_base_url_override(
     assert {r.method for r in klarna.fake.requests} == {"GET"}
 
 
-def test_connection_uses_the_stored_password_when_none_is_typed(client: Any, saleor: FakeSaleor, klarna: FakeKlarnaServer) -> None:
+def test_connection_uses_the_stored_password_when_none_is_typed(
+    client: Any, saleor: FakeSaleor, klarna: FakeKlarnaServer
+) -> None:
     client.put(f"{API}/settings/*", headers=auth(saleor), json=CREDENTIALS)
 
     response = client.post(f"{API}/test-connection", headers=auth(saleor), json={**CREDENTIALS, "password": ""})
@@ -385,7 +429,13 @@ def test_connection_tells_the_wrong_region_from_wrong_credentials(client: Any, s
     responses.add_passthru(re.compile(r"http://127\.0\.0\.1:\d+/"))  # the fake Saleor
     unauthorized = {"error_code": "UNAUTHORIZED", "error_messages": ["Bad credentials"], "correlation_id": "c"}
     no_such_order = {"error_code": "NO_SUCH_ORDER", "error_messages": ["no order"], "correlation_id": "c"}
-    for host in ("api.playground.klarna.com", "api-oc.playground.klarna.com", "api.klarna.com", "api-na.klarna.com", "api-oc.klarna.com"):
+    for host in (
+        "api.playground.klarna.com",
+        "api-oc.playground.klarna.com",
+        "api.klarna.com",
+        "api-na.klarna.com",
+        "api-oc.klarna.com",
+    ):
         responses.get(re.compile(f"https://{re.escape(host)}/.*"), json=unauthorized, status=401)
     responses.get(re.compile(r"https://api-na\.playground\.klarna\.com/.*"), json=no_such_order, status=404)
 
@@ -395,7 +445,9 @@ def test_connection_tells_the_wrong_region_from_wrong_credentials(client: Any, s
     assert (in_eu["result"], in_eu["region"], in_eu["environment"]) == ("wrong_region", "NA", "playground")
     assert "belong to region NA" in in_eu["message"]
     assert in_na["result"] == "ok"
-    responses.replace(responses.GET, re.compile(r"https://api-na\.playground\.klarna\.com/.*"), json=unauthorized, status=401)
+    responses.replace(
+        responses.GET, re.compile(r"https://api-na\.playground\.klarna\.com/.*"), json=unauthorized, status=401
+    )
     wrong = client.post(f"{API}/test-connection", headers=auth(saleor), json=CREDENTIALS)
     assert wrong.get_json()["result"] == "wrong_credentials"
     # Every probe asked for an order id nobody has; none of them changed anything at Klarna.
@@ -405,7 +457,9 @@ def test_connection_tells_the_wrong_region_from_wrong_credentials(client: Any, s
 # -- operations log and exceptions ------------------------------------------------------------
 
 
-def test_operations_log_filters_by_state_and_redacts_credentials(client: Any, services: Services, saleor: FakeSaleor) -> None:
+def test_operations_log_filters_by_state_and_redacts_credentials(
+    client: Any, services: Services, saleor: FakeSaleor
+) -> None:
     op_id, _ = add_failure(services, saleor.api_url)
     with services.db.transaction() as session:
         session.add(Operation(
@@ -492,7 +546,9 @@ def test_order_view_shows_klarna_live_state_ledger_and_exceptions(
     klarna_id = klarna.fake.create_order(order_amount=5000, currency="USD")
     with KlarnaOrdersClient(klarna.base_url, "PK_test", "secret") as k:
         capture = k.capture(klarna_id, {"captured_amount": 2000, "reference": "F1"}, str(uuid.uuid4()))
-    order_id = saleor.create_order(lines=[{"name": "Item", "quantity": 1, "unit_gross": "50.00"}], klarna_order_id=klarna_id)
+    order_id = saleor.create_order(
+        lines=[{"name": "Item", "quantity": 1, "unit_gross": "50.00"}], klarna_order_id=klarna_id
+    )
     client.put(f"{API}/settings/*", headers=auth(saleor), json=CREDENTIALS)
     add_failure(services, saleor.api_url, order_id=order_id)
 
@@ -503,7 +559,11 @@ def test_order_view_shows_klarna_live_state_ledger_and_exceptions(
     assert body["order"] == {"number": "1", "status": "UNFULFILLED", "channel": "default-channel"}
     k = body["klarna"]
     assert (k["status"], k["authorized"]["display"], k["captured"]["amount"], k["remaining"]["amount"]) == (
-        "PART_CAPTURED", "50.00 USD", 2000, 3000)
+        "PART_CAPTURED",
+        "50.00 USD",
+        2000,
+        3000,
+    )
     assert k["captures"] == [{"id": capture.resource_id, "reference": "F1", "amount": 2000, "display": "20.00 USD"}]
     assert k["expires_at"] is not None
     assert [op["kind"] for op in body["operations"]] == ["capture"]

@@ -15,10 +15,10 @@ import requests
 from plugin.app import Services
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
+from plugin.testing.klarna import FakeKlarnaServer
+from plugin.testing.saleor import FakeSaleor
 from plugin.worker import Worker
 from tests.conftest import SECRET
-from tests.fakes.klarna import FakeKlarnaServer
-from tests.fakes.saleor import FakeSaleor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,9 +59,23 @@ def test_install_and_capture_through_gunicorn(database_url: str, tmp_path: Path)
                             klarna_base_url=klarna_server.base_url).validated()  # fmt: skip
         services = Services.build(settings)
         with services.db.transaction() as session:
-            services.store.save(session, saleor.api_url, MerchantSettings(channel="*", username="PK_test", password="secret"))
+            services.store.save(
+                session, saleor.api_url, MerchantSettings(channel="*", username="PK_test", password="secret")
+            )
         kid = klarna_server.fake.create_order(order_amount=2000)
-        order_id = saleor.create_order(lines=[{"name": "Tee", "sku": "T", "quantity": 1, "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"}], klarna_order_id=kid)
+        order_id = saleor.create_order(
+            lines=[
+                {
+                    "name": "Tee",
+                    "sku": "T",
+                    "quantity": 1,
+                    "unit_gross": "20.00",
+                    "unit_net": "20.00",
+                    "tax_rate": "0.00",
+                }
+            ],
+            klarna_order_id=kid,
+        )
         line = saleor.order(order_id)["lines"][0]["id"]
         saleor.fulfill(order_id, {line: 1}, tracking_number="Z1")
         assert saleor.delivered and all(status == 200 for _, status in saleor.delivered)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from plugin.db import Database
 from plugin.db.models import Base, Installation, Job
-from tests.fakes.saleor import Delivery as SaleorDelivery
+from plugin.testing.saleor import Delivery as SaleorDelivery
 from tests.functional.shop import Shop
 
 
@@ -23,7 +23,11 @@ def _rows(shop: Shop) -> dict[str, int]:
 def _register(shop: Shop, body: object = None, **headers: str):  # type: ignore[no-untyped-def]
     base = {"Saleor-Api-Url": shop.saleor.api_url, "Content-Type": "application/json"}
     base.update(headers)
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body if body is not None else {"auth_token": shop.saleor.app_token})
+    data = (
+        body
+        if isinstance(body, (bytes, str))
+        else json.dumps(body if body is not None else {"auth_token": shop.saleor.app_token})
+    )
     return shop.app.test_client().post("/api/register", data=data, headers={k: v for k, v in base.items() if v})
 
 
@@ -35,7 +39,9 @@ def test_saleor_installs_the_app_end_to_end(shop: Shop) -> None:
     with shop.services.db.transaction() as session:
         [row] = session.scalars(select(Installation)).all()
         assert (row.saleor_api_url, row.app_id) == (shop.saleor.api_url, result.app_id)
-        assert result.token not in row.token_encrypted and shop.services.box.decrypt(row.token_encrypted) == result.token
+        assert (
+            result.token not in row.token_encrypted and shop.services.box.decrypt(row.token_encrypted) == result.token
+        )
         assert json.loads(row.jwks) == shop.saleor.jwks
 
 
@@ -62,11 +68,17 @@ def test_app_deleted_removes_the_installation_and_its_secrets(shop: Shop) -> Non
         pytest.param({"Saleor-Api-Url": ""}, None, 400, "MISSING_SALEOR_API_URL", id="no-api-url"),
         pytest.param({}, {"token": "x"}, 400, "MISSING_AUTH_TOKEN", id="no-token"),
         pytest.param({}, b"not json", 400, "MISSING_AUTH_TOKEN", id="not-json"),
-        pytest.param({}, {"auth_token": "R8ky68sRy6w9KXOkHUE1FQjcLgerIF"}, 401, "UNKNOWN_APP_ID", id="token-saleor-rejects"),
-        pytest.param({"Saleor-Api-Url": "http://127.0.0.1:9/graphql/"}, None, 401, "UNKNOWN_APP_ID", id="saleor-unreachable"),
+        pytest.param(
+            {}, {"auth_token": "R8ky68sRy6w9KXOkHUE1FQjcLgerIF"}, 401, "UNKNOWN_APP_ID", id="token-saleor-rejects"
+        ),
+        pytest.param(
+            {"Saleor-Api-Url": "http://127.0.0.1:9/graphql/"}, None, 401, "UNKNOWN_APP_ID", id="saleor-unreachable"
+        ),
     ],
 )
-def test_register_refuses_bad_input_and_stores_nothing(shop: Shop, headers: dict, body: object, status: int, code: str) -> None:  # type: ignore[type-arg]
+def test_register_refuses_bad_input_and_stores_nothing(
+    shop: Shop, headers: dict, body: object, status: int, code: str
+) -> None:  # type: ignore[type-arg]
     # given a Saleor that issued a token (the install's own POST was answered, then forgotten)
     shop.saleor.install(f"{shop.settings.public_base}/api/manifest")
     with shop.services.db.transaction() as session:
@@ -74,7 +86,10 @@ def test_register_refuses_bad_input_and_stores_nothing(shop: Shop, headers: dict
     before = _rows(shop)
     response = _register(shop, body, **headers)
     assert response.status_code == status
-    assert response.get_json() == {"success": False, "error": {"code": code, "message": response.get_json()["error"]["message"]}}
+    assert response.get_json() == {
+        "success": False,
+        "error": {"code": code, "message": response.get_json()["error"]["message"]},
+    }
     assert _rows(shop) == before
 
 
@@ -114,13 +129,16 @@ def delivery(shop: Shop) -> Iterator[SaleorDelivery]:
     order_id, _ = shop.order()
     shop.saleor.outbox.clear()
     shop.saleor.cancel_order(order_id)
-    yield next(d for d in shop.saleor.outbox if d.event == "ORDER_UPDATED")
+    return next(d for d in shop.saleor.outbox if d.event == "ORDER_UPDATED")
 
 
 def _post(shop: Shop, d: SaleorDelivery, body: bytes | None = None, **headers: str):  # type: ignore[no-untyped-def]
     merged = {**d.headers, **headers}
-    return shop.app.test_client().post(d.target_url.split("5056", 1)[-1], data=d.body if body is None else body,
-                                       headers={k: v for k, v in merged.items() if v})
+    return shop.app.test_client().post(
+        d.target_url.split("5056", 1)[-1],
+        data=d.body if body is None else body,
+        headers={k: v for k, v in merged.items() if v},
+    )
 
 
 def test_a_verified_event_is_recorded_and_enqueued_before_any_klarna_call(shop: Shop, delivery: SaleorDelivery) -> None:
@@ -142,13 +160,22 @@ def test_duplicates_coalesce_into_one_waiting_job(shop: Shop, delivery: SaleorDe
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [
-        pytest.param({"Saleor-Api-Url": "http://unknown.example/graphql/"}, 401, "NOT_REGISTERED", id="unknown-installation"),
-        pytest.param({"Saleor-Signature": "eyJhbGciOiJSUzI1NiIsImI2NCI6ZmFsc2UsImNyaXQiOlsiYjY0Il19..AAAA"}, 401, "SIGNATURE_VERIFICATION_FAILED", id="forged-signature"),
+        pytest.param(
+            {"Saleor-Api-Url": "http://unknown.example/graphql/"}, 401, "NOT_REGISTERED", id="unknown-installation"
+        ),
+        pytest.param(
+            {"Saleor-Signature": "eyJhbGciOiJSUzI1NiIsImI2NCI6ZmFsc2UsImNyaXQiOlsiYjY0Il19..AAAA"},
+            401,
+            "SIGNATURE_VERIFICATION_FAILED",
+            id="forged-signature",
+        ),
         pytest.param({"Saleor-Signature": ""}, 400, "MISSING_SIGNATURE_HEADER", id="unsigned"),
         pytest.param({"Saleor-Event": "product_updated"}, 400, "WRONG_EVENT", id="wrong-event"),
     ],
 )
-def test_bad_webhooks_are_refused_and_leave_nothing(shop: Shop, delivery: SaleorDelivery, change: dict, status: int, code: str) -> None:  # type: ignore[type-arg]
+def test_bad_webhooks_are_refused_and_leave_nothing(
+    shop: Shop, delivery: SaleorDelivery, change: dict, status: int, code: str
+) -> None:  # type: ignore[type-arg]
     before = _rows(shop)
     response = _post(shop, delivery, **change)
     assert (response.status_code, response.get_json()["error"]["type"]) == (status, code)

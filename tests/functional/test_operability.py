@@ -21,7 +21,7 @@ def test_health_and_readiness(shop: Shop) -> None:
 
 def test_metrics_count_webhooks_klarna_calls_jobs_and_exceptions(shop: Shop) -> None:
     shop.install()
-    order_id, kid = shop.order()
+    order_id, _kid = shop.order()
     tee, shoe = shop.line_ids(order_id)
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     shop.sync()

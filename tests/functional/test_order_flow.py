@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from tests.functional.shop import SHOE, TEE, Shop
 
 
@@ -35,7 +37,10 @@ def test_one_capture_per_shipment_with_tracking(shop: Shop) -> None:
     # then two captures, 110.00 and 20.00, each with its shipment's tracking number
     state = shop.kstate(kid)
     assert [c["captured_amount"] for c in state["captures"]] == [11000, 2000]
-    assert [c["shipping_info"][0]["tracking_number"] for c in state["captures"]] == ["1Z999AA10123456784", "1Z999AA10123456795"]
+    assert [c["shipping_info"][0]["tracking_number"] for c in state["captures"]] == [
+        "1Z999AA10123456784",
+        "1Z999AA10123456795",
+    ]
     assert state["status"] == "CAPTURED"
     notes = shop.saleor.notes(order_id)
     assert len(notes) == 2 and "110.00 USD" in notes[0] and "20.00 USD" in notes[1]
@@ -54,7 +59,7 @@ def test_cancel_before_capture(shop: Shop) -> None:
 def test_cancel_after_partial_capture_releases_the_remainder(shop: Shop) -> None:
     shop.install()
     order_id, kid = shop.order()
-    tee, shoe = shop.line_ids(order_id)
+    _tee, shoe = shop.line_ids(order_id)
     fulfillment = shop.saleor.fulfill(order_id, {shoe: 1}, tracking_number="T1")
     shop.sync()
     # when the admin cancels the shipment and then the order
@@ -118,11 +123,11 @@ def test_return_out_of_a_captured_shipment_refunds_that_unit_only(shop: Shop) ->
 
 def test_the_same_webhook_five_times_gives_one_capture(shop: Shop) -> None:
     shop.install()
-    order_id, kid = shop.order()
+    order_id, _kid = shop.order()
     tee, shoe = shop.line_ids(order_id)
     shop.saleor.auto_deliver = False
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
-    fulfilled = [d for d in shop.saleor.outbox if d.event == "ORDER_FULFILLED"][0]
+    fulfilled = next(d for d in shop.saleor.outbox if d.event == "ORDER_FULFILLED")
     for _ in range(5):
         assert shop.saleor.deliver(fulfilled)[0] == 200
         shop.sync()
@@ -151,7 +156,7 @@ def test_events_out_of_order_reach_the_right_final_state(shop: Shop) -> None:
 
 def test_the_apps_own_note_does_not_loop(shop: Shop) -> None:
     shop.install()
-    order_id, kid = shop.order()
+    order_id, _kid = shop.order()
     tee, shoe = shop.line_ids(order_id)
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     shop.sync()
@@ -189,7 +194,7 @@ def test_captured_but_response_lost_retries_with_the_same_key(shop: Shop) -> Non
 def test_a_worker_killed_between_ledger_and_klarna_resumes_with_one_capture(shop: Shop) -> None:
     # given a worker that dies right after writing the ledger row (before the Klarna call)
     shop.install()
-    order_id, kid = shop.order()
+    order_id, _kid = shop.order()
     tee, shoe = shop.line_ids(order_id)
     shop.saleor.auto_deliver = False
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
@@ -205,10 +210,8 @@ def test_a_worker_killed_between_ledger_and_klarna_resumes_with_one_capture(shop
     sync._Context._send = crash  # type: ignore[method-assign]
     try:
         job = shop.worker.claim(1)[0]
-        try:
+        with contextlib.suppress(SystemExit):
             shop.worker.process(job)
-        except SystemExit:
-            pass
     finally:
         sync._Context._send = original  # type: ignore[method-assign]
     assert [op.state for op in shop.operations()] == ["pending"] and shop.performed("captures") == 0
@@ -238,7 +241,7 @@ def test_an_order_without_a_klarna_id_is_skipped_quietly(shop: Shop) -> None:
 
 def test_fraud_pending_blocks_the_capture_with_one_note(shop: Shop) -> None:
     shop.install()
-    order_id, kid = shop.order(fraud_status="PENDING")
+    order_id, _kid = shop.order(fraud_status="PENDING")
     tee, shoe = shop.line_ids(order_id)
     shop.saleor.fulfill(order_id, {tee: 1}, tracking_number="A")
     shop.saleor.fulfill(order_id, {tee: 1, shoe: 1}, tracking_number="B")
@@ -278,7 +281,7 @@ def test_a_final_klarna_refusal_is_a_process_exception_with_its_correlation_id(s
 def test_an_unconfigured_channel_is_reported_once_when_there_is_something_to_do(shop: Shop) -> None:
     # given an installed app without Klarna credentials
     assert shop.saleor.install(f"{shop.settings.public_base}/api/manifest").ok
-    order_id, kid = shop.order()
+    order_id, _kid = shop.order()
     shop.sync()
     # then placing the order says nothing yet (its status maps to no action)
     assert shop.saleor.notes(order_id) == [] and not shop.exceptions()

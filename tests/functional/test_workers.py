@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -53,5 +54,5 @@ def test_concurrent_workers_never_hold_one_order_twice(shop: Shop, monkeypatch) 
     for order_id, kid in orders:
         assert shop.kstate(kid)["captured_amount"] == 11000
         intervals = sorted(spans[order_id])
-        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(intervals, intervals[1:])), order_id
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(intervals)), order_id
         assert len(shop.saleor.notes(order_id)) == 1

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from plugin.db.models import Base
 from plugin.settings import Settings
-from tests.fakes.saleor import Delivery
+from plugin.testing.saleor import Delivery
 from tests.functional.shop import Shop
 
 EXAMPLES = int(os.environ.get("KLARNA_OM_FUZZ_EXAMPLES", "250"))
@@ -85,7 +85,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def report(world: World, record_property: Any, name: str) -> None:
     total = sum(world.tried.values())
-    line = f"[fuzz] {name}: {total} inputs {dict(world.tried)}" + (f"; known bug hit by {dict(world.known)}" if world.known else "")
+    line = f"[fuzz] {name}: {total} inputs {dict(world.tried)}" + (
+        f"; known bug hit by {dict(world.known)}" if world.known else ""
+    )
     print(line)
     REPORTED.append(line)
     record_property("inputs", total)

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from werkzeug.routing import BuildError
 
 from plugin.db.models import ProcessException
-from tests.fakes.saleor import FakeSaleor
+from plugin.testing.saleor import FakeSaleor
 from tests.fuzz.conftest import FUZZ, World, report
 
 API = "/api/dashboard"
@@ -43,7 +43,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=12,
 )
-path_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF, blacklist_categories=("Cs",)), min_size=1, max_size=40)
+path_text = st.text(
+    alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF, blacklist_categories=("Cs",)), min_size=1, max_size=40
+)
 
 
 def _b64(data: bytes) -> str:
@@ -102,7 +104,9 @@ def refused_tokens(draw: st.DrawFn, saleor: FakeSaleor, other_saleor: FakeSaleor
         if kind == "hs256":
             secret = draw(st.text(max_size=40))
         else:
-            secret = draw(st.sampled_from([jwks_text, json.dumps(json.loads(jwks_text)["keys"][0]), _public_pem(saleor)]))
+            secret = draw(
+                st.sampled_from([jwks_text, json.dumps(json.loads(jwks_text)["keys"][0]), _public_pem(saleor)])
+            )
         header = _b64(json.dumps({"alg": "HS256", "kid": saleor.kid, "typ": "JWT"}).encode())
         payload = _b64(json.dumps(claims).encode())
         mac = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
@@ -154,9 +158,11 @@ def _signed(claims: dict[str, Any], saleor: FakeSaleor) -> str:
 
 
 def _public_pem(saleor: FakeSaleor) -> str:
-    return saleor._private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        saleor._private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _seed_exception(world: World) -> None:
@@ -166,7 +172,9 @@ def _seed_exception(world: World) -> None:
                                      error_code="CAPTURE_NOT_ALLOWED", message="Klarna: capture failed"))  # fmt: skip
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_dashboard_api_refuses_every_token_it_must_not_trust(world: World, record_property: Any) -> None:
     app, saleor = world.shop.app, world.shop.saleor
     found = routes(app)
@@ -183,19 +191,33 @@ def test_dashboard_api_refuses_every_token_it_must_not_trust(world: World, recor
         url, _ = data.draw(urls(app, route))
         kind, token = data.draw(refused_tokens(saleor, other_saleor, jwks_text))
         headers = {"authorization-bearer": token, "saleor-api-url": saleor.api_url}
-        variant = data.draw(st.sampled_from(["as-is"] * 6 + ["no-token", "no-api-url", "other-api-url", "authorization-only"]))
+        variant = data.draw(
+            st.sampled_from(["as-is"] * 6 + ["no-token", "no-api-url", "other-api-url", "authorization-only"])
+        )
         if variant == "no-token":
             headers.pop("authorization-bearer")
         elif variant == "no-api-url":
             headers.pop("saleor-api-url")
         elif variant == "other-api-url":
-            headers["saleor-api-url"] = data.draw(st.sampled_from([saleor.api_url.rstrip("/"), "http://127.0.0.1:9/graphql/", " "]))
+            headers["saleor-api-url"] = data.draw(
+                st.sampled_from([saleor.api_url.rstrip("/"), "http://127.0.0.1:9/graphql/", " "])
+            )
         elif variant == "authorization-only":  # a genuine token, in the header the app does not read
-            headers = {"Authorization": f"Bearer {saleor.mint_token(user_permissions=ADMIN)}", "saleor-api-url": saleor.api_url}
+            headers = {
+                "Authorization": f"Bearer {saleor.mint_token(user_permissions=ADMIN)}",
+                "saleor-api-url": saleor.api_url,
+            }
         body = data.draw(st.none() | json_values)
         world.tried[kind if variant == "as-is" else variant] += 1
         response = world.client.open(url, method=route[0], headers=headers, json=body)
-        assert 400 <= response.status_code < 500, (route, url, kind, variant, response.status_code, response.get_data()[:300])
+        assert 400 <= response.status_code < 500, (
+            route,
+            url,
+            kind,
+            variant,
+            response.status_code,
+            response.get_data()[:300],
+        )
         assert world.snapshot() == before, f"{route[0]} {url} with a {kind} token changed the database"
         assert world.klarna_calls() == 0, f"{route[0]} {url} with a {kind} token called Klarna"
 
@@ -203,7 +225,9 @@ def test_dashboard_api_refuses_every_token_it_must_not_trust(world: World, recor
     report(world, record_property, f"dashboard refusals over {len(found)} routes")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_dashboard_api_never_fails_an_admin_with_a_5xx(world: World, record_property: Any) -> None:
     app, saleor = world.shop.app, world.shop.saleor
     found = routes(app)
@@ -229,7 +253,7 @@ def test_dashboard_api_never_fails_an_admin_with_a_5xx(world: World, record_prop
     @given(data=st.data())
     def admin(data: st.DataObject) -> None:
         route = data.draw(st.sampled_from(found))
-        url, values = data.draw(urls(app, route))
+        url, _values = data.draw(urls(app, route))
         body = data.draw(st.none() | json_values | settings_bodies)
         world.tried[route[1].rsplit(".", 1)[-1]] += 1
         before = world.snapshot()

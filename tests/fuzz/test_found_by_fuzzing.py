@@ -54,8 +54,6 @@ def test_credentials_outside_latin1_never_break_the_widget_or_the_sync(world: Wo
     assert not crashed, crashed
 
 
-
-
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 @pytest.mark.parametrize(
@@ -66,7 +64,9 @@ def test_credentials_outside_latin1_never_break_the_widget_or_the_sync(world: Wo
         pytest.param("T3JkZXI6MQ==", "V" * 256, id="principal-id-over-255"),
     ],
 )
-def test_a_signed_webhook_with_an_unstorable_id_is_refused_not_retried(world: World, order_id: str, principal_id: str) -> None:
+def test_a_signed_webhook_with_an_unstorable_id_is_refused_not_retried(
+    world: World, order_id: str, principal_id: str
+) -> None:
     # found by test_bodies_signed_by_saleor_but_not_ours_never_fail_the_server[postgres]
     saleor = world.shop.saleor
     body = json.dumps({"__typename": "OrderUpdated", "issuingPrincipal": {"id": principal_id},

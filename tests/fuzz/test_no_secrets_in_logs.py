@@ -69,7 +69,9 @@ def _texts(record: logging.LogRecord) -> Iterator[tuple[str, str]]:
         yield f"attribute {key}", repr(value)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_a_full_run_logs_no_secret(settings: Settings, captured: Capture, record_property: Any) -> None:
     username, password = f"PK_{secrets.token_hex(6)}", f"kpw-{secrets.token_urlsafe(18)}"
     wrong_password = f"kpw-wrong-{secrets.token_urlsafe(18)}"
@@ -92,7 +94,7 @@ def test_a_full_run_logs_no_secret(settings: Settings, captured: Capture, record
         assert dashboard("POST", "/test-connection", json={}).get_json()["result"] == "ok"
         assert dashboard("GET", "/settings").status_code == 200
         # an order ships (Klarna fails once with a 500 first) and comes back in part
-        order_id, kid = shop.order()
+        order_id, _kid = shop.order()
         tee, shoe = shop.line_ids(order_id)
         shop.klarna.inject("500", times=1, path_contains="/captures", method="POST")
         first = shop.saleor.fulfill(order_id, {tee: 2, shoe: 1}, tracking_number="1Z999")
@@ -103,12 +105,12 @@ def test_a_full_run_logs_no_secret(settings: Settings, captured: Capture, record
         # another order: Klarna keeps failing until the worker gives up (a process exception)
         failing_id, _ = shop.order()
         shop.klarna.inject("503", times=50, path_contains="/captures", method="POST")
-        shop.saleor.fulfill(failing_id, {line: q for line, q in zip(shop.line_ids(failing_id), (2, 1))})
+        shop.saleor.fulfill(failing_id, {line: q for line, q in zip(shop.line_ids(failing_id), (2, 1), strict=False)})
         shop.sync()
         # and one with credentials Klarna refuses (401)
         assert dashboard("PUT", "/settings/*", json={**credentials, "password": wrong_password}).status_code == 200
         refused_id, _ = shop.order()
-        shop.saleor.fulfill(refused_id, {line: q for line, q in zip(shop.line_ids(refused_id), (2, 1))})
+        shop.saleor.fulfill(refused_id, {line: q for line, q in zip(shop.line_ids(refused_id), (2, 1), strict=False)})
         shop.sync()
         assert dashboard("POST", "/test-connection", json={}).get_json()["result"] != "ok"
         exceptions = dashboard("GET", "/exceptions").get_json()

@@ -26,7 +26,9 @@ json_values = st.recursive(
 )
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_register_installs_nothing_without_the_token_saleor_issued(world: World, record_property: Any) -> None:
     saleor = world.shop.saleor
     token = saleor.app_token
@@ -59,7 +61,11 @@ def test_register_installs_nothing_without_the_token_saleor_issued(world: World,
            method=st.sampled_from(["POST"] * 8 + ["GET", "PUT", "DELETE"]), drop_api_url=st.booleans())  # fmt: skip
     def register(api_url: str, body: bytes, content_type: str | None, method: str, drop_api_url: bool) -> None:
         world.tried[method if method != "POST" else ("no-api-url" if drop_api_url else "post")] += 1
-        headers = {"Saleor-Domain": f"127.0.0.1:{saleor.port}", "Saleor-Schema-Version": "3.23", "User-Agent": "Saleor/3.23"}
+        headers = {
+            "Saleor-Domain": f"127.0.0.1:{saleor.port}",
+            "Saleor-Schema-Version": "3.23",
+            "User-Agent": "Saleor/3.23",
+        }
         if not drop_api_url:
             headers["Saleor-Api-Url"] = api_url
         if content_type:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fakes.saleor import Delivery, b64url
+from plugin.testing.saleor import Delivery, b64url
 from tests.fuzz.conftest import FUZZ, World, error_type, report
 
 ORDER_EVENTS = "/api/webhooks/order-events"
@@ -93,7 +93,9 @@ def _check(world: World, response: Any, before: dict[str, list[str]], *, forged:
 @st.composite
 def mutated_bodies(draw: st.DrawFn, original: bytes) -> bytes:
     """A body other than ``original``: byte flips, cuts, insertions, or a JSON-level change."""
-    kind = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "json", "reformat", "random", "empty-ish", "huge"]))
+    kind = draw(
+        st.sampled_from(["flip", "truncate", "insert", "delete", "json", "reformat", "random", "empty-ish", "huge"])
+    )
     body = original
     if kind == "flip":
         index = draw(st.integers(0, len(body) - 1))
@@ -140,7 +142,9 @@ def forged_signatures(draw: st.DrawFn, genuine: str, body: bytes, saleor_key: rs
         replacement = draw(st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "))
         signature = genuine[:index] + replacement + genuine[index + 1 :]
     elif kind == "drop-part":
-        signature = draw(st.sampled_from([genuine.replace("..", "."), genuine.split("..")[0] + "..", ".." + genuine.split("..")[1]]))
+        signature = draw(
+            st.sampled_from([genuine.replace("..", "."), genuine.split("..")[0] + "..", ".." + genuine.split("..")[1]])
+        )
     elif kind == "extra-part":
         signature = genuine.replace("..", "." + draw(st.sampled_from(["e30", "x", b64url(body[:30])])) + ".")
     elif kind == "wrong-kid":
@@ -195,7 +199,9 @@ def _app_deleted(world: World) -> Delivery:
 # -- the properties ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_forged_webhooks_are_refused_and_leave_nothing(world: World, record_property: Any) -> None:
     saleor = world.shop.saleor
     key, jwks_text = saleor._private_key, json.dumps(saleor.jwks)  # the fake's key: only for Saleor-made variants
@@ -258,7 +264,11 @@ def test_webhooks_with_broken_headers_are_refused_and_leave_nothing(world: World
         elif how == "method":
             method = data.draw(st.sampled_from(["GET", "PUT", "PATCH", "DELETE"]))
         elif how == "path":
-            path = data.draw(st.sampled_from([ORDER_EVENTS + "/", ORDER_EVENTS + "x", "/api/webhooks/", "/api/webhooks/order_events"]))
+            path = data.draw(
+                st.sampled_from(
+                    [ORDER_EVENTS + "/", ORDER_EVENTS + "x", "/api/webhooks/", "/api/webhooks/order_events"]
+                )
+            )
         else:  # only the X- headers (deprecated names), no Saleor-* ones
             for name in ("Saleor-Event", "Saleor-Signature", "Saleor-Domain"):
                 headers.pop(name)
@@ -276,7 +286,9 @@ def _subscribed() -> set[str]:
     return set(EVENTS)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_bodies_signed_by_saleor_but_not_ours_never_fail_the_server(world: World, record_property: Any) -> None:
     """Validly signed garbage: whatever happens, no 5xx, no Klarna call, and nothing stored when refused."""
     saleor = world.shop.saleor

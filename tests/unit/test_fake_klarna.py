@@ -1,4 +1,4 @@
-"""Tests for the Klarna OM fake (tests/fakes/klarna.py), driven over real HTTP."""
+"""Tests for the Klarna OM fake (plugin/testing/klarna.py), driven over real HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from tests.fakes.klarna import ROUTES, FakeKlarna, FakeKlarnaServer, load_spec, spec_validator
+from plugin.testing.klarna import ROUTES, FakeKlarna, FakeKlarnaServer, load_spec, spec_validator
 
 START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 AUTH = ("PK_test", "secret")
@@ -49,8 +49,16 @@ def refund(server, order_id, amount, **kwargs):
 def line(total, *, quantity=1, tax_rate=2500, tax=None, type_="physical", reference="SKU-1"):
     if tax is None:
         tax = round(total * tax_rate / (10000 + tax_rate))
-    return {"type": type_, "reference": reference, "name": "Tomatoes", "quantity": quantity,
-            "unit_price": total // quantity, "tax_rate": tax_rate, "total_amount": total, "total_tax_amount": tax}
+    return {
+        "type": type_,
+        "reference": reference,
+        "name": "Tomatoes",
+        "quantity": quantity,
+        "unit_price": total // quantity,
+        "tax_rate": tax_rate,
+        "total_amount": total,
+        "total_tax_amount": tax,
+    }
 
 
 def assert_error(response, status, code):
@@ -102,7 +110,10 @@ def test_partial_captures_move_order_through_part_captured_to_captured(server, f
     assert (order["status"], order["captured_amount"], order["remaining_authorized_amount"]) == ("CAPTURED", 10000, 0)
     captures = call(server, "GET", order_id, "/captures").json()
     assert [c["captured_amount"] for c in captures] == [4000, 6000]
-    assert [c["klarna_reference"] for c in captures] == [order["klarna_reference"] + "-1", order["klarna_reference"] + "-2"]
+    assert [c["klarna_reference"] for c in captures] == [
+        order["klarna_reference"] + "-1",
+        order["klarna_reference"] + "-2",
+    ]
 
 
 def test_capture_above_remaining_authorization_is_403_and_changes_nothing(server, fake):
@@ -113,7 +124,9 @@ def test_capture_above_remaining_authorization_is_403_and_changes_nothing(server
     response = capture(server, order_id, 7001)
     # then Klarna refuses with its real message
     body = assert_error(response, 403, "CAPTURE_NOT_ALLOWED")
-    assert body["error_messages"] == ["Captured amount is higher than the remaining authorized amount. Capture not possible."]
+    assert body["error_messages"] == [
+        "Captured amount is higher than the remaining authorized amount. Capture not possible."
+    ]
     assert fake.order(order_id)["captured_amount"] == 3000
     # and a capture on the fully captured order is refused as well
     capture(server, order_id, 7000)
@@ -139,8 +152,13 @@ def test_capture_with_lines_and_shipping_info_is_stored_and_readable(server, fak
     lines = [line(6000, quantity=10), line(4000, reference="SKU-2")]
     order_id = fake.create_order(order_amount=10000, currency="EUR", purchase_country="DE", order_lines=lines)
     # when the first line is captured with tracking, then more tracking is appended
-    body = {"captured_amount": 6000, "reference": "ship-1", "description": "First parcel", "order_lines": lines[:1],
-            "shipping_info": [{"shipping_company": "DHL US", "tracking_number": "123"}]}
+    body = {
+        "captured_amount": 6000,
+        "reference": "ship-1",
+        "description": "First parcel",
+        "order_lines": lines[:1],
+        "shipping_info": [{"shipping_company": "DHL US", "tracking_number": "123"}],
+    }
     capture_id = call(server, "POST", order_id, "/captures", json=body).headers["Capture-Id"]
     more = {"shipping_info": [{"shipping_company": "UPS", "shipping_method": "Home", "tracking_number": "456"}]}
     response = call(server, "POST", order_id, f"/captures/{capture_id}/shipping-info", json=more)
@@ -157,8 +175,13 @@ def test_shipping_info_on_unknown_capture_is_404_no_such_capture(server, fake):
     # given an order without that capture
     order_id = fake.create_order(order_amount=1000)
     # when shipping info is sent to a made-up capture
-    response = call(server, "POST", order_id, f"/captures/{uuid.uuid4()}/shipping-info",
-                    json={"shipping_info": [{"tracking_number": "1"}]})
+    response = call(
+        server,
+        "POST",
+        order_id,
+        f"/captures/{uuid.uuid4()}/shipping-info",
+        json={"shipping_info": [{"tracking_number": "1"}]},
+    )
     # then Klarna answers 404 NO_SUCH_CAPTURE
     assert_error(response, 404, "NO_SUCH_CAPTURE")
     assert_error(call(server, "GET", order_id, f"/captures/{uuid.uuid4()}"), 404, "NO_SUCH_CAPTURE")
@@ -236,8 +259,9 @@ def test_refund_limits(server, fake):
     # when more than captured is refunded, then it is refused
     assert_error(refund(server, order_id, 6001), 403, "REFUND_NOT_ALLOWED")
     # when 4000 is refunded, then 201 with Refund-Id and Location
-    response = call(server, "POST", order_id, "/refunds",
-                    json={"refunded_amount": 4000, "reference": "r1", "description": "x"})
+    response = call(
+        server, "POST", order_id, "/refunds", json={"refunded_amount": 4000, "reference": "r1", "description": "x"}
+    )
     assert response.status_code == 201 and response.content == b""
     refund_id = response.headers["Refund-Id"]
     assert response.headers["Location"].endswith(f"/orders/{order_id}/refunds/{refund_id}")
@@ -277,7 +301,10 @@ def test_same_idempotency_key_replays_first_response_even_with_a_different_body(
     second = capture(server, order_id, 5000, key=key)
     # then the first response is replayed and only one capture exists
     assert (second.status_code, second.headers["Capture-Id"], second.headers["Location"]) == (
-        first.status_code, first.headers["Capture-Id"], first.headers["Location"])
+        first.status_code,
+        first.headers["Capture-Id"],
+        first.headers["Location"],
+    )
     assert fake.order(order_id)["captured_amount"] == 1000
     assert fake.counts()["captures"] == 1
     # and the key was recorded on both requests
@@ -339,10 +366,18 @@ def test_key_sent_with_wrong_credentials_is_not_stored(server, fake):
         ({"captured_amount": 1000, "reference": "x" * 256}, "reference"),
         ({"captured_amount": 1000, "order_lines": [line(1000) | {"type": "service"}]}, "order_lines[0].type"),
         ({"captured_amount": 1000, "order_lines": [line(1000) | {"type": "physicalx"}]}, "order_lines[0].type"),
-        ({"captured_amount": 1000, "order_lines": [{k: v for k, v in line(1000).items() if k != "name"}]},
-         "order_lines[0].name"),
-        ({"captured_amount": 1000, "shipping_info": [{"shipping_company": "x" * 101}]}, "shipping_info[0].shipping_company"),
-        ({"captured_amount": 1000, "shipping_info": [{"shipping_method": "Drone"}]}, "shipping_info[0].shipping_method"),
+        (
+            {"captured_amount": 1000, "order_lines": [{k: v for k, v in line(1000).items() if k != "name"}]},
+            "order_lines[0].name",
+        ),
+        (
+            {"captured_amount": 1000, "shipping_info": [{"shipping_company": "x" * 101}]},
+            "shipping_info[0].shipping_company",
+        ),
+        (
+            {"captured_amount": 1000, "shipping_info": [{"shipping_method": "Drone"}]},
+            "shipping_info[0].shipping_method",
+        ),
     ],
 )
 def test_capture_body_that_breaks_the_schema_is_400_naming_the_field(server, fake, body, field):
@@ -383,8 +418,9 @@ def test_body_without_json_content_type_is_415(server, fake):
     # given an order
     order_id = fake.create_order(order_amount=1000)
     # when a JSON body is sent as text/plain
-    response = call(server, "POST", order_id, "/captures", data=b'{"captured_amount": 1000}',
-                    headers={"Content-Type": "text/plain"})
+    response = call(
+        server, "POST", order_id, "/captures", data=b'{"captured_amount": 1000}', headers={"Content-Type": "text/plain"}
+    )
     # then it is refused and nothing is captured
     assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
     assert fake.counts()["captures"] == 0
@@ -406,7 +442,8 @@ def test_line_tax_outside_tolerance_is_400_with_klarnas_message(server, fake):
     body = {"captured_amount": 12500, "order_lines": [line(12500, tax=2502)]}
     error = assert_error(call(server, "POST", order_id, "/captures", json=body), 400, "BAD_VALUE")
     assert error["error_messages"] == [
-        "Bad value: order_lines[0].total_tax_amount differs from the calculated value [2500] by more than [1]"]
+        "Bad value: order_lines[0].total_tax_amount differs from the calculated value [2500] by more than [1]"
+    ]
     # when the tax is 1 off, then the capture is accepted
     body = {"captured_amount": 12500, "order_lines": [line(12500, tax=2501)]}
     assert call(server, "POST", order_id, "/captures", json=body).status_code == 201
@@ -421,7 +458,10 @@ def test_discount_line_tax_is_checked_with_its_sign(server, fake):
     # then it is refused; with the right (negative) tax it passes
     assert "[-500]" in assert_error(response, 400, "BAD_VALUE")["error_messages"][0]
     lines[1]["total_tax_amount"] = -500
-    assert call(server, "POST", order_id, "/captures", json={"captured_amount": 10000, "order_lines": lines}).status_code == 201
+    assert (
+        call(server, "POST", order_id, "/captures", json={"captured_amount": 10000, "order_lines": lines}).status_code
+        == 201
+    )
 
 
 def test_line_arithmetic_and_sum_must_match_the_amount(server, fake):
@@ -492,8 +532,12 @@ def test_every_response_has_rate_limit_headers(server, fake):
     # given an order
     order_id = fake.create_order(order_amount=1000)
     # when a success, a 204, an error and a 401 come back, then each carries X-Ratelimit-*
-    for response in (call(server, "GET", order_id), call(server, "POST", order_id, "/cancel"),
-                     call(server, "GET", str(uuid.uuid4())), call(server, "GET", order_id, auth=None)):
+    for response in (
+        call(server, "GET", order_id),
+        call(server, "POST", order_id, "/cancel"),
+        call(server, "GET", str(uuid.uuid4())),
+        call(server, "GET", order_id, auth=None),
+    ):
         assert response.headers["X-Ratelimit-Limit"] == "50, 50;w=1"
         assert int(response.headers["X-Ratelimit-Remaining"]) >= 0
         assert response.headers["X-Ratelimit-Reset"] == "1"
@@ -553,8 +597,10 @@ def test_extend_authorization_time_pushes_expiry_capped_at_180_days(server, fake
 # ------------------------------------------------------------------ faults
 
 
-@pytest.mark.parametrize(("fault", "status", "code"), [
-    ("500", 500, "INTERNAL_SERVER_ERROR"), ("503", 503, "TEMPORARILY_UNAVAILABLE"), ("429", 429, "TOO_MANY_REQUESTS")])
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [("500", 500, "INTERNAL_SERVER_ERROR"), ("503", 503, "TEMPORARILY_UNAVAILABLE"), ("429", 429, "TOO_MANY_REQUESTS")],
+)
 def test_injected_error_happens_before_the_operation(server, fake, fault, status, code):
     # given an order and one injected fault on captures
     order_id = fake.create_order(order_amount=1000)
@@ -608,8 +654,7 @@ def test_drop_after_without_a_socket_sleeps_instead(fake):
     client = Client(fake.wsgi_app)
     started = time.monotonic()
     # when a capture is sent
-    response = client.post(f"/ordermanagement/v1/orders/{order_id}/captures", json={"captured_amount": 1000},
-                           auth=AUTH)
+    response = client.post(f"/ordermanagement/v1/orders/{order_id}/captures", json={"captured_amount": 1000}, auth=AUTH)
     # then it is performed after the sleep
     assert time.monotonic() - started >= 0.2
     assert response.status_code == 201
@@ -668,12 +713,26 @@ def test_responses_validate_against_the_spec(server, fake):
     # given an order with lines, two captures with tracking, a refund and order-level shipping info
     lines = [line(6000, quantity=10), line(4000, reference="SKU-2", tax_rate=1900)]
     order_id = fake.create_order(order_amount=10000, order_lines=lines, currency="EUR", purchase_country="DE")
-    first = call(server, "POST", order_id, "/captures", json={
-        "captured_amount": 6000, "order_lines": lines[:1], "reference": "c1",
-        "shipping_info": [{"shipping_company": "DHL", "tracking_number": "1"}]}).headers["Capture-Id"]
+    first = call(
+        server,
+        "POST",
+        order_id,
+        "/captures",
+        json={
+            "captured_amount": 6000,
+            "order_lines": lines[:1],
+            "reference": "c1",
+            "shipping_info": [{"shipping_company": "DHL", "tracking_number": "1"}],
+        },
+    ).headers["Capture-Id"]
     capture(server, order_id, 4000)
-    refund_id = call(server, "POST", order_id, "/refunds", json={
-        "refunded_amount": 600, "order_lines": [line(600, reference="SKU-1")], "description": "one kg"}).headers["Refund-Id"]
+    refund_id = call(
+        server,
+        "POST",
+        order_id,
+        "/refunds",
+        json={"refunded_amount": 600, "order_lines": [line(600, reference="SKU-1")], "description": "one kg"},
+    ).headers["Refund-Id"]
     call(server, "POST", order_id, "/shipping-info", json={"shipping_info": [{"tracking_number": "2"}]})
     # when every read endpoint is called
     order = call(server, "GET", order_id)

@@ -1,4 +1,4 @@
-"""The fake Saleor (tests/fakes/saleor.py) against what a real Saleor 3.23.28 sent (saleor-samples).
+"""The fake Saleor (plugin/testing/saleor.py) against what a real Saleor 3.23.28 sent (saleor-samples).
 
 Comparisons with the captured samples run only where /work/shared is present; the expected
 headers and the sample manifest are copied here so that the rest runs anywhere.
@@ -21,17 +21,31 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.fakes.saleor import FakeSaleor, requests_transport, wsgi_transport
+from plugin.testing.saleor import FakeSaleor, requests_transport, wsgi_transport
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLES = Path("/work/shared/reference/saleor-samples")
 SAMPLE_APP_BASE = "http://127.0.0.1:5056"
 MANIFEST_TEXT = (DATA / "sample-manifest.json").read_text()
 ORDER_A_LINES = [
-    {"name": "Monospace Tee", "variant_name": "XL", "sku": "328223583", "quantity": 2,
-     "unit_gross": "20.00", "unit_net": "20.00", "tax_rate": "0.00"},
-    {"name": "Dash Force", "variant_name": "42", "sku": "618223584", "quantity": 1,
-     "unit_gross": "90.00", "unit_net": "90.00", "tax_rate": "0.00"},
+    {
+        "name": "Monospace Tee",
+        "variant_name": "XL",
+        "sku": "328223583",
+        "quantity": 2,
+        "unit_gross": "20.00",
+        "unit_net": "20.00",
+        "tax_rate": "0.00",
+    },
+    {
+        "name": "Dash Force",
+        "variant_name": "42",
+        "sku": "618223584",
+        "quantity": 1,
+        "unit_gross": "90.00",
+        "unit_net": "90.00",
+        "tax_rate": "0.00",
+    },
 ]
 APP_QUERY = json.dumps({"query": "query { app { id } }", "variables": {}}).encode()
 # gql-35-query-app-after-delete.response.json, byte for byte
@@ -45,6 +59,7 @@ needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="/work/shared sa
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
 
 def b64url_decode(s: str | bytes) -> bytes:
     if isinstance(s, str):
@@ -107,7 +122,7 @@ class TinyApp:
 
     def __call__(self, method: str, url: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
         self.calls.append((method, url, headers, body))
-        path = url[len(self.base):]
+        path = url[len(self.base) :]
         if method == "GET" and path == "/api/manifest":
             return 200, {"Content-Type": "application/json"}, MANIFEST_TEXT.replace(SAMPLE_APP_BASE, self.base).encode()
         if method == "POST" and path == "/api/register":
@@ -116,13 +131,20 @@ class TinyApp:
 
     def wsgi(self, environ, start_response):
         request = Request(environ)
-        status, headers, body = self(request.method, self.base + request.path, dict(request.headers),
-                                     request.get_data() if request.method == "POST" else None)
+        status, headers, body = self(
+            request.method,
+            self.base + request.path,
+            dict(request.headers),
+            request.get_data() if request.method == "POST" else None,
+        )
         return Response(body, status=status, headers=headers)(environ, start_response)
 
     def webhooks(self, event: str | None = None) -> list[tuple[dict, bytes]]:
-        return [(h, b) for m, u, h, b in self.calls
-                if "/api/webhooks/" in u and (event is None or h["Saleor-Event"] == event.lower())]
+        return [
+            (h, b)
+            for m, u, h, b in self.calls
+            if "/api/webhooks/" in u and (event is None or h["Saleor-Event"] == event.lower())
+        ]
 
 
 class _Quiet(WSGIRequestHandler):
@@ -174,12 +196,13 @@ ADD_NOTE = """mutation AddNote($order: ID!, $message: String!) {
 
 # --- keys and signatures -----------------------------------------------------------------------
 
+
 def test_kid_is_the_rfc7638_thumbprint_and_jwks_has_one_key():
     fake = FakeSaleor()
     (jwk,) = fake.jwks["keys"]
     assert list(jwk) == ["kty", "key_ops", "n", "e", "use", "kid", "alg"]
     assert (jwk["kty"], jwk["key_ops"], jwk["e"], jwk["use"], jwk["alg"]) == ("RSA", ["verify"], "AQAB", "sig", "RS256")
-    canonical = '{"e":"%s","kty":"RSA","n":"%s"}' % (jwk["e"], jwk["n"])
+    canonical = '{{"e":"{}","kty":"RSA","n":"{}"}}'.format(jwk["e"], jwk["n"])
     thumbprint = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
     assert jwk["kid"] == thumbprint == fake.kid
 
@@ -191,7 +214,8 @@ def test_signature_verifies_like_verify_samples():
     header_b64, middle, _ = signature.split(".")
     assert middle == ""
     assert b64url_decode(header_b64) == (
-        b'{"alg":"RS256","b64":false,"crit":["b64"],"kid":"%s","typ":"JWT"}' % fake.kid.encode())
+        b'{"alg":"RS256","b64":false,"crit":["b64"],"kid":"%s","typ":"JWT"}' % fake.kid.encode()
+    )
     assert verify_detached(signature, body, fake.jwks)
     assert not verify_detached(signature, body + b" ", fake.jwks)
 
@@ -214,10 +238,28 @@ def test_minted_token_verifies_with_pyjwt_against_the_jwks():
     assert header == {"alg": "RS256", "kid": fake.kid, "typ": "JWT"}
     key = jwt.PyJWK.from_dict(fake.jwks["keys"][0]).key
     claims = jwt.decode(token, key, algorithms=["RS256"])
-    assert list(claims) == ["iat", "owner", "iss", "exp", "token", "email", "type", "user_id", "is_staff", "app",
-                            "permissions", "user_permissions", "app_extension"]
+    assert list(claims) == [
+        "iat",
+        "owner",
+        "iss",
+        "exp",
+        "token",
+        "email",
+        "type",
+        "user_id",
+        "is_staff",
+        "app",
+        "permissions",
+        "user_permissions",
+        "app_extension",
+    ]
     assert claims["exp"] - claims["iat"] == 300
-    assert (claims["owner"], claims["type"], claims["iss"], claims["app"]) == ("saleor", "thirdparty", fake.api_url, "QXBwOjE=")
+    assert (claims["owner"], claims["type"], claims["iss"], claims["app"]) == (
+        "saleor",
+        "thirdparty",
+        fake.api_url,
+        "QXBwOjE=",
+    )
     assert claims["permissions"] == ["MANAGE_ORDERS"] and claims["app_extension"] == "QXBwRXh0ZW5zaW9uOjE="
     expired = fake.mint_token(now=1_000_000)
     with pytest.raises(jwt.ExpiredSignatureError):
@@ -234,6 +276,7 @@ def test_minted_token_claims_match_the_sample_jwt():
 
 # --- install and uninstall ---------------------------------------------------------------------
 
+
 def test_install_gets_the_manifest_then_posts_the_token_with_saleor_headers(served_app):
     calls = []
 
@@ -248,20 +291,33 @@ def test_install_gets_the_manifest_then_posts_the_token_with_saleor_headers(serv
         # as the transport got them (01-manifest-get.http / 02-register-post.http, minus Host and Content-Length)
         (m1, u1, h1, b1), (m2, u2, h2, b2) = calls
         assert (m1, u1, b1) == ("GET", served_app.base + "/api/manifest", None)
-        assert list(h1.items()) == [("User-Agent", "Saleor/3.23"), ("Accept-Encoding", "gzip, deflate"),
-                                    ("Accept", "*/*"), ("Connection", "keep-alive"), ("Saleor-Schema-Version", "3.23")]
+        assert list(h1.items()) == [
+            ("User-Agent", "Saleor/3.23"),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Accept", "*/*"),
+            ("Connection", "keep-alive"),
+            ("Saleor-Schema-Version", "3.23"),
+        ]
         assert (m2, u2) == ("POST", served_app.base + "/api/register")
         assert list(h2.items()) == [
-            ("User-Agent", "Saleor/3.23"), ("Accept-Encoding", "gzip, deflate"), ("Accept", "*/*"),
-            ("Connection", "keep-alive"), ("Content-Type", "application/json"), ("X-Saleor-Domain", fake.domain),
-            ("Saleor-Domain", fake.domain), ("Saleor-Api-Url", fake.api_url), ("Saleor-Schema-Version", "3.23")]
+            ("User-Agent", "Saleor/3.23"),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Accept", "*/*"),
+            ("Connection", "keep-alive"),
+            ("Content-Type", "application/json"),
+            ("X-Saleor-Domain", fake.domain),
+            ("Saleor-Domain", fake.domain),
+            ("Saleor-Api-Url", fake.api_url),
+            ("Saleor-Schema-Version", "3.23"),
+        ]
         assert b2 == b'{"auth_token": "%s"}' % result.token.encode()
         assert fake.api_url == f"http://{fake.domain}/graphql/" and fake.domain.startswith("127.0.0.1:")
         # and as they arrived over HTTP
         (gm, _, got_get, _), (pm, _, got_post, got_body) = served_app.calls
         assert (gm, pm) == ("GET", "POST")
-        assert {k: got_get[k] for k in ("User-Agent", "Accept-Encoding", "Accept", "Connection", "Saleor-Schema-Version")} \
-            == dict(h1)
+        assert {
+            k: got_get[k] for k in ("User-Agent", "Accept-Encoding", "Accept", "Connection", "Saleor-Schema-Version")
+        } == dict(h1)
         assert {k: got_post[k] for k in dict(h2)} == dict(h2)
         assert got_post["Content-Length"] == str(len(got_body)) and got_body == b2
         # the installed manifest and the JWKS endpoint
@@ -271,8 +327,10 @@ def test_install_gets_the_manifest_then_posts_the_token_with_saleor_headers(serv
 
 @needs_samples
 def test_install_headers_match_the_samples(installed):
-    fake, app = installed
-    for (method, _, headers, _), sample in zip(app.calls, ["01-manifest-get.http", "02-register-post.http"], strict=True):
+    _fake, app = installed
+    for (method, _, headers, _), sample in zip(
+        app.calls, ["01-manifest-get.http", "02-register-post.http"], strict=True
+    ):
         request_line, sample_headers, _ = parse_http(SAMPLES / sample)
         assert request_line.split()[0] == method
         assert list(headers) == [n for n, _ in sample_headers if n not in ("Host", "Content-Length")]
@@ -301,17 +359,27 @@ def test_failed_registration_deletes_the_app_and_reports_the_message():
     assert fake.install(app.base + "/api/manifest").app_id == "QXBwOjI="
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda m: m.pop("version"), "Field required: version"),
-    (lambda m: m["webhooks"][0]["asyncEvents"].append("ORDER_EXPLODED"), "Invalid asynchronous event."),
-    (lambda m: m["webhooks"][1].update(query="subscription { event { ... on AppDeleted { app { id } } } "
-                                              "orderCreated { order { id } } }"),
-     "Subscription query is not valid: Anonymous Subscription must select only one top level field."),
-    (lambda m: m["webhooks"][1].update(query="subscription { event { ... on AppDeleted { app { nope } } } }"),
-     "Subscription query is not valid: Cannot query field 'nope' on type 'App'. Did you mean 'name' or 'type'?"),
-    (lambda m: m["extensions"][0].update(permissions=["MANAGE_USERS"]),
-     "Extension permission must be listed in App's permissions."),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("version"), "Field required: version"),
+        (lambda m: m["webhooks"][0]["asyncEvents"].append("ORDER_EXPLODED"), "Invalid asynchronous event."),
+        (
+            lambda m: m["webhooks"][1].update(
+                query="subscription { event { ... on AppDeleted { app { id } } } orderCreated { order { id } } }"
+            ),
+            "Subscription query is not valid: Anonymous Subscription must select only one top level field.",
+        ),
+        (
+            lambda m: m["webhooks"][1].update(query="subscription { event { ... on AppDeleted { app { nope } } } }"),
+            "Subscription query is not valid: Cannot query field 'nope' on type 'App'. Did you mean 'name' or 'type'?",
+        ),
+        (
+            lambda m: m["extensions"][0].update(permissions=["MANAGE_USERS"]),
+            "Extension permission must be listed in App's permissions.",
+        ),
+    ],
+)
 def test_install_rejects_a_bad_manifest(change, message):
     manifest = json.loads(MANIFEST_TEXT)
     change(manifest)
@@ -324,8 +392,9 @@ def test_install_rejects_a_bad_manifest(change, message):
 def test_uninstall_revokes_the_token_then_sends_app_deleted(installed):
     fake, app = installed
     token = fake.app_token
-    assert json.loads(fake.handle_graphql(APP_QUERY, {"Authorization": f"Bearer {token}"})[1])["data"] == \
-        {"app": {"id": "QXBwOjE="}}
+    assert json.loads(fake.handle_graphql(APP_QUERY, {"Authorization": f"Bearer {token}"})[1])["data"] == {
+        "app": {"id": "QXBwOjE="}
+    }
     (delivery,) = fake.uninstall()
     assert delivery.event == "APP_DELETED" and delivery.target_url == app.base + "/api/webhooks/app-deleted"
     assert delivery.body == b'{"app": {"id": "QXBwOjE="}}'  # 26-webhook-app_deleted.http
@@ -337,16 +406,25 @@ def test_uninstall_revokes_the_token_then_sends_app_deleted(installed):
 
 # --- GraphQL endpoint --------------------------------------------------------------------------
 
+
 def test_query_app_with_good_and_bad_tokens_over_http(served_app):
     with FakeSaleor() as fake:
         assert fake.install(served_app.base + "/api/manifest").ok
-        good = requests.post(fake.api_url, data=APP_QUERY, timeout=5,
-                             headers={"Content-Type": "application/json", "Authorization": f"Bearer {fake.app_token}"})
+        good = requests.post(
+            fake.api_url,
+            data=APP_QUERY,
+            timeout=5,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {fake.app_token}"},
+        )
         assert good.status_code == 200
-        assert good.content == b'{"data":{"app":{"id":"QXBwOjE="}},"extensions":{"cost":{"requestedQueryCost":1,"maximumAvailable":50000}}}'
+        assert (
+            good.content
+            == b'{"data":{"app":{"id":"QXBwOjE="}},"extensions":{"cost":{"requestedQueryCost":1,"maximumAvailable":50000}}}'
+        )
         for headers in ({"Authorization": "Bearer " + "x" * 30}, {}, {"Authorization-Bearer": "nope"}):
-            bad = requests.post(fake.api_url, data=APP_QUERY, headers={"Content-Type": "application/json", **headers},
-                                timeout=5)
+            bad = requests.post(
+                fake.api_url, data=APP_QUERY, headers={"Content-Type": "application/json", **headers}, timeout=5
+            )
             assert (bad.status_code, bad.content) == (200, PERMISSION_DENIED_APP)
         for headers in ({"Authorization": f"JWT {fake.app_token}"}, {"Authorization-Bearer": fake.app_token}):
             assert json.loads(fake.handle_graphql(APP_QUERY, headers)[1])["data"]["app"]["id"] == fake.app_id
@@ -372,8 +450,10 @@ def test_invalid_document_is_a_400_graphql_error(installed):
 def test_order_query_needs_manage_orders_and_runs_the_sample_fragment(installed):
     fake, _ = installed
     order_id = fake.create_order(lines=ORDER_A_LINES, klarna_order_id="0296169e-5c6f-4aba-8807-9f0631409bb6")
-    query = fake.manifest["webhooks"][0]["query"].split("subscription KlarnaOrderEvents")[0] + \
-        "query KlarnaOrderById($id: ID!) { order(id: $id) { ...KlarnaOrder } }"
+    query = (
+        fake.manifest["webhooks"][0]["query"].split("subscription KlarnaOrderEvents")[0]
+        + "query KlarnaOrderById($id: ID!) { order(id: $id) { ...KlarnaOrder } }"
+    )
     status, body = gql(fake, query, {"id": order_id}, token=fake.app_token)
     assert status == 200 and "errors" not in body
     order = body["data"]["order"]
@@ -383,8 +463,9 @@ def test_order_query_needs_manage_orders_and_runs_the_sample_fragment(installed)
     staff_without = fake.mint_token(permissions=["MANAGE_PRODUCTS"])
     status, body = gql(fake, query, {"id": order_id}, token=staff_without)
     assert body["data"] == {"order": None}
-    assert body["errors"][0]["message"] == \
-        "To access this path, you need one of the following permissions: MANAGE_ORDERS"
+    assert (
+        body["errors"][0]["message"] == "To access this path, you need one of the following permissions: MANAGE_ORDERS"
+    )
     assert body["errors"][0]["extensions"] == {"exception": {"code": "PermissionDenied"}}
 
 
@@ -392,12 +473,17 @@ def test_order_note_add_records_the_note_and_fires_order_updated_from_the_app(in
     fake, app = installed
     order_id = fake.create_order(lines=ORDER_A_LINES)
     app.calls.clear()
-    status, body = gql(fake, ADD_NOTE, {"order": order_id, "message": "Klarna: captured 110.00 USD"}, token=fake.app_token)
+    status, body = gql(
+        fake, ADD_NOTE, {"order": order_id, "message": "Klarna: captured 110.00 USD"}, token=fake.app_token
+    )
     assert status == 200
     result = body["data"]["orderNoteAdd"]
     assert result["order"] == {"id": order_id} and result["errors"] == []
-    assert (result["event"]["type"], result["event"]["message"], result["event"]["user"]) == \
-        ("NOTE_ADDED", "Klarna: captured 110.00 USD", None)
+    assert (result["event"]["type"], result["event"]["message"], result["event"]["user"]) == (
+        "NOTE_ADDED",
+        "Klarna: captured 110.00 USD",
+        None,
+    )
     assert result["event"]["app"] == {"id": fake.app_id, "name": "Klarna Order Management"}
     assert fake.notes(order_id) == ["Klarna: captured 110.00 USD"]
     ((headers, payload),) = app.webhooks()
@@ -409,7 +495,8 @@ def test_order_note_add_records_the_note_and_fires_order_updated_from_the_app(in
 
     status, body = gql(fake, ADD_NOTE, {"order": order_id, "message": "  "}, token=fake.app_token)
     assert body["data"]["orderNoteAdd"]["errors"] == [
-        {"field": "message", "message": "Message can't be empty.", "code": "REQUIRED"}]
+        {"field": "message", "message": "Message can't be empty.", "code": "REQUIRED"}
+    ]
     assert len(app.webhooks()) == 1 and fake.notes(order_id) == ["Klarna: captured 110.00 USD"]
 
 
@@ -418,7 +505,9 @@ def test_old_saleor_without_order_note_add(installed):
     fake.has_order_note_add = False
     order_id = fake.create_order(lines=ORDER_A_LINES)
     status, body = gql(fake, ADD_NOTE, {"order": order_id, "message": "hi"}, token=fake.app_token)
-    assert status == 400 and body["errors"][0]["message"].startswith('Cannot query field "orderNoteAdd" on type "Mutation".')
+    assert status == 400 and body["errors"][0]["message"].startswith(
+        'Cannot query field "orderNoteAdd" on type "Mutation".'
+    )
     legacy = "mutation($o: ID!, $m: String!) { orderAddNote(order: $o, input: {message: $m}) { errors { code } } }"
     status, body = gql(fake, legacy, {"o": order_id, "m": "hi"}, token=fake.app_token)
     assert (status, body["data"]["orderAddNote"]["errors"], fake.notes(order_id)) == (200, [], ["hi"])
@@ -428,10 +517,16 @@ def test_update_private_metadata_fires_order_metadata_updated(installed):
     fake, app = installed
     order_id = fake.create_order(lines=ORDER_A_LINES, klarna_via="none")
     app.calls.clear()
-    status, body = gql(fake, SET_PRIVATE_META, {"id": order_id, "input": [{"key": "klarna_order_id", "value": "k-1"}]},
-                       token=fake.app_token)
+    _status, body = gql(
+        fake,
+        SET_PRIVATE_META,
+        {"id": order_id, "input": [{"key": "klarna_order_id", "value": "k-1"}]},
+        token=fake.app_token,
+    )
     assert body["data"]["updatePrivateMetadata"] == {
-        "item": {"id": order_id, "privateMetadata": [{"key": "klarna_order_id", "value": "k-1"}]}, "errors": []}
+        "item": {"id": order_id, "privateMetadata": [{"key": "klarna_order_id", "value": "k-1"}]},
+        "errors": [],
+    }
     assert fake.private_metadata(order_id) == {"klarna_order_id": "k-1"}
     assert [h["Saleor-Event"] for h, _ in app.webhooks()] == ["order_metadata_updated"]
     assert json.loads(app.webhooks()[0][1])["issuingPrincipal"] == {"__typename": "App", "id": fake.app_id}
@@ -439,11 +534,16 @@ def test_update_private_metadata_fires_order_metadata_updated(installed):
 
 # --- orders and webhooks -----------------------------------------------------------------------
 
+
 def test_fulfillment_created_payload_has_the_sample_structure(installed):
     fake, app = installed
     order_id = fake.create_order(lines=ORDER_A_LINES, klarna_order_id="0296169e-5c6f-4aba-8807-9f0631409bb6")
-    gql(fake, SET_PRIVATE_META, {"id": order_id, "input": [
-        {"key": "klarna_order_id", "value": "0296169e-5c6f-4aba-8807-9f0631409bb6"}]}, token=fake.app_token)
+    gql(
+        fake,
+        SET_PRIVATE_META,
+        {"id": order_id, "input": [{"key": "klarna_order_id", "value": "0296169e-5c6f-4aba-8807-9f0631409bb6"}]},
+        token=fake.app_token,
+    )
     tee, dash = (line["id"] for line in fake.order(order_id)["lines"])
     fake.auto_deliver = False
     fake.fulfill(order_id, {tee: 1, dash: 1}, tracking_number="1Z999AA10123456784", notify_customer=False)
@@ -457,11 +557,17 @@ def test_fulfillment_created_payload_has_the_sample_structure(installed):
     assert event["notifyCustomer"] is False and event["version"] == "3.23.28"
     assert event["issuingPrincipal"] == {"__typename": "User", "id": "VXNlcjoyMQ==", "email": "admin@example.com"}
     order = event["order"]
-    assert (order["status"], order["chargeStatus"], order["authorizeStatus"], order["paymentStatus"]) == \
-        ("PARTIALLY_FULFILLED", "NONE", "FULL", "NOT_CHARGED")
-    assert (order["totalAuthorized"], order["totalBalance"]) == \
-        ({"amount": 130.0, "currency": "USD"}, {"amount": -130.0, "currency": "USD"})
-    assert [(l["quantityFulfilled"], l["quantityToFulfill"]) for l in order["lines"]] == [(1, 1), (1, 0)]
+    assert (order["status"], order["chargeStatus"], order["authorizeStatus"], order["paymentStatus"]) == (
+        "PARTIALLY_FULFILLED",
+        "NONE",
+        "FULL",
+        "NOT_CHARGED",
+    )
+    assert (order["totalAuthorized"], order["totalBalance"]) == (
+        {"amount": 130.0, "currency": "USD"},
+        {"amount": -130.0, "currency": "USD"},
+    )
+    assert [(ln["quantityFulfilled"], ln["quantityToFulfill"]) for ln in order["lines"]] == [(1, 1), (1, 0)]
     assert event["fulfillment"]["trackingNumber"] == "1Z999AA10123456784"
     before = len(fake.delivered)
     assert fake.deliver(created) == (200, b"ok") and fake.delivered[before:] == [(created, 200)]
@@ -472,8 +578,9 @@ def test_fulfillment_created_payload_has_the_sample_structure(installed):
     assert shape(event) == shape(json.loads(sample_body))
     assert list(created.headers) == [n for n, _ in sample_headers if n not in ("Host", "traceparent", "Content-Length")]
     sample = dict(sample_headers)
-    assert {k: created.headers[k] for k in ("User-Agent", "Content-Type", "Saleor-Event", "X-Saleor-Event")} == \
-        {k: sample[k] for k in ("User-Agent", "Content-Type", "Saleor-Event", "X-Saleor-Event")}
+    assert {k: created.headers[k] for k in ("User-Agent", "Content-Type", "Saleor-Event", "X-Saleor-Event")} == {
+        k: sample[k] for k in ("User-Agent", "Content-Type", "Saleor-Event", "X-Saleor-Event")
+    }
 
 
 def test_fulfil_events_partial_then_full(installed):
@@ -485,7 +592,12 @@ def test_fulfil_events_partial_then_full(installed):
     assert [d.event for d in fake.outbox] == ["FULFILLMENT_CREATED", "ORDER_UPDATED"]
     fake.outbox.clear()
     second = fake.fulfill(order_id, {tee: 1}, tracking_number="T2")
-    assert [d.event for d in fake.outbox] == ["FULFILLMENT_CREATED", "FULFILLMENT_APPROVED", "ORDER_UPDATED", "ORDER_FULFILLED"]
+    assert [d.event for d in fake.outbox] == [
+        "FULFILLMENT_CREATED",
+        "FULFILLMENT_APPROVED",
+        "ORDER_UPDATED",
+        "ORDER_FULFILLED",
+    ]
     approved = json.loads(fake.outbox[1].body)
     assert approved["fulfillment"] == {"id": second, "status": "FULFILLED"} and approved["notifyCustomer"] is True
     assert fake.order(order_id)["status"] == "FULFILLED"
@@ -501,11 +613,16 @@ def test_create_order_events_and_klarna_sources(installed):
     order = fake.order(order_id)
     assert base64.b64decode(order_id).decode().startswith("Order:") and order["number"] == "21"
     assert (order["total"]["gross"]["amount"], order["shippingPrice"]["gross"]["amount"]) == (120.0, 10.0)
-    assert order["transactions"][0]["createdBy"] == {"__typename": "App", "id": fake.app_id,
-                                                      "name": "Klarna Order Management"}
+    assert order["transactions"][0]["createdBy"] == {
+        "__typename": "App",
+        "id": fake.app_id,
+        "name": "Klarna Order Management",
+    }
     assert [e["type"] for e in order["transactions"][0]["events"]] == ["INFO", "AUTHORIZATION_SUCCESS"]
     via_meta = fake.order(fake.create_order(lines=ORDER_A_LINES, klarna_via="metadata", klarna_order_id="k-2"))
-    assert via_meta["privateMetadata"] == [{"key": "klarna_order_id", "value": "k-2"}] and via_meta["transactions"] == []
+    assert (
+        via_meta["privateMetadata"] == [{"key": "klarna_order_id", "value": "k-2"}] and via_meta["transactions"] == []
+    )
     via_payment = fake.order(fake.create_order(lines=ORDER_A_LINES, klarna_via="payment", klarna_order_id="k-3"))
     assert [(p["gateway"], p["pspReference"]) for p in via_payment["payments"]] == [("klarna", "k-3")]
     assert via_payment["authorizeStatus"] == "FULL"
@@ -521,9 +638,13 @@ def test_return_products_makes_a_returned_fulfillment_and_keeps_quantity_fulfill
     returned = fake.return_products(order_id, first, {tee: 1})
     order = fake.order(order_id)
     assert order["status"] == "PARTIALLY_RETURNED"
-    assert [l["quantityFulfilled"] for l in order["lines"]] == [2, 1]
+    assert [ln["quantityFulfilled"] for ln in order["lines"]] == [2, 1]
     ful = {f["id"]: f for f in order["fulfillments"]}
-    assert (ful[returned]["status"], ful[returned]["trackingNumber"], ful[returned]["fulfillmentOrder"]) == ("RETURNED", "", 3)
+    assert (ful[returned]["status"], ful[returned]["trackingNumber"], ful[returned]["fulfillmentOrder"]) == (
+        "RETURNED",
+        "",
+        3,
+    )
     assert [(fl["orderLine"]["id"], fl["quantity"]) for fl in ful[returned]["lines"]] == [(tee, 1)]
     assert [(fl["orderLine"]["id"], fl["quantity"]) for fl in ful[first]["lines"]] == [(dash, 1)]
     assert [h["Saleor-Event"] for h, _ in app.webhooks()] == ["order_updated"]
@@ -544,8 +665,11 @@ def test_cancel_fulfillment_and_cancel_order(installed):
     fake.cancel_fulfillment(order_id, first)
     assert [h["Saleor-Event"] for h, _ in app.webhooks()] == ["fulfillment_canceled", "order_updated"]
     order = fake.order(order_id)
-    assert (order["status"], order["lines"][0]["quantityFulfilled"], order["fulfillments"][0]["status"]) == \
-        ("UNFULFILLED", 0, "CANCELED")
+    assert (order["status"], order["lines"][0]["quantityFulfilled"], order["fulfillments"][0]["status"]) == (
+        "UNFULFILLED",
+        0,
+        "CANCELED",
+    )
     app.calls.clear()
     fake.cancel_order(order_id)
     assert [h["Saleor-Event"] for h, _ in app.webhooks()] == ["order_cancelled", "order_updated"]
@@ -565,7 +689,9 @@ def test_transaction_event_report_by_the_owning_app(installed):
     body = gql(fake, report, args, token=fake.app_token)[1]["data"]["transactionEventReport"]
     assert body == {"alreadyProcessed": False, "transaction": {"chargedAmount": {"amount": 130.0}}, "errors": []}
     assert [h["Saleor-Event"] for h, _ in app.webhooks()] == ["order_fully_paid", "order_updated"]
-    assert gql(fake, report, args, token=fake.app_token)[1]["data"]["transactionEventReport"]["alreadyProcessed"] is True
+    assert (
+        gql(fake, report, args, token=fake.app_token)[1]["data"]["transactionEventReport"]["alreadyProcessed"] is True
+    )
     order = fake.order(order_id)
     assert (order["chargeStatus"], order["isPaid"], order["paymentStatus"]) == ("FULL", True, "FULLY_CHARGED")
 
@@ -600,32 +726,73 @@ def test_order_lifecycles_match_the_samples_but_for_ids_and_times(installed):
         fake.outbox.clear()
 
     psp_a, psp_b = "0296169e-5c6f-4aba-8807-9f0631409bb6", "368469b4-ac32-499b-8e33-70a90052b9c3"
-    order_a = fake.create_order(lines=ORDER_A_LINES, klarna_order_id=psp_a, user_email="jose.mcdaniel@example.com", number=21)
-    gql(fake, SET_PRIVATE_META, {"id": order_a, "input": [{"key": "klarna_order_id", "value": psp_a}]}, token=fake.app_token)
+    order_a = fake.create_order(
+        lines=ORDER_A_LINES, klarna_order_id=psp_a, user_email="jose.mcdaniel@example.com", number=21
+    )
+    gql(
+        fake,
+        SET_PRIVATE_META,
+        {"id": order_a, "input": [{"key": "klarna_order_id", "value": psp_a}]},
+        token=fake.app_token,
+    )
     fake.outbox.clear()
     tee, dash = (line["id"] for line in fake.order(order_a)["lines"])
     tx_a = fake.order(order_a)["transactions"][0]["id"]
     first = fake.fulfill(order_a, {tee: 1, dash: 1}, tracking_number="1Z999AA10123456784", notify_customer=False)
     take(10, 11)
-    gql(fake, report, {"id": tx_a, "type": "CHARGE_SUCCESS", "psp": "4589a91a-e22b-4836-bcbe-6b62bc46ab3a", "amount": 110.0,
-                       "msg": "Klarna capture for fulfillment 1 (tracking 1Z999AA10123456784)"}, token=fake.app_token)
+    gql(
+        fake,
+        report,
+        {
+            "id": tx_a,
+            "type": "CHARGE_SUCCESS",
+            "psp": "4589a91a-e22b-4836-bcbe-6b62bc46ab3a",
+            "amount": 110.0,
+            "msg": "Klarna capture for fulfillment 1 (tracking 1Z999AA10123456784)",
+        },
+        token=fake.app_token,
+    )
     take(12)
     fake.fulfill(order_a, {tee: 1}, tracking_number="1Z999AA10123456795", notify_customer=True)
     take(13, 14, 15, 16)
-    gql(fake, report, {"id": tx_a, "type": "CHARGE_SUCCESS", "psp": "bce18485-5906-4c30-8104-bbbd846a75e5", "amount": 20.0,
-                       "msg": "Klarna capture for fulfillment 2 (tracking 1Z999AA10123456795)"}, token=fake.app_token)
+    gql(
+        fake,
+        report,
+        {
+            "id": tx_a,
+            "type": "CHARGE_SUCCESS",
+            "psp": "bce18485-5906-4c30-8104-bbbd846a75e5",
+            "amount": 20.0,
+            "msg": "Klarna capture for fulfillment 2 (tracking 1Z999AA10123456795)",
+        },
+        token=fake.app_token,
+    )
     take(17, 18)
     fake.return_products(order_a, first, {tee: 1})
     take(19)
-    order_b = fake.create_order(lines=[{"name": "White Plimsolls", "variant_name": "43", "sku": "918223586",
-                                        "quantity": 1, "unit_gross": "80.00"}],
-                                klarna_order_id=psp_b, user_email="anna.svensson@example.com", number=22)
+    order_b = fake.create_order(
+        lines=[
+            {"name": "White Plimsolls", "variant_name": "43", "sku": "918223586", "quantity": 1, "unit_gross": "80.00"}
+        ],
+        klarna_order_id=psp_b,
+        user_email="anna.svensson@example.com",
+        number=22,
+    )
     fake.outbox.clear()
     fake.cancel_order(order_b)
     take(22, 23)
-    gql(fake, report, {"id": fake.order(order_b)["transactions"][0]["id"], "type": "CANCEL_SUCCESS", "psp": psp_b,
-                       "amount": 80.0, "msg": "Klarna authorization cancelled (order cancelled in Saleor)"},
-        token=fake.app_token)
+    gql(
+        fake,
+        report,
+        {
+            "id": fake.order(order_b)["transactions"][0]["id"],
+            "type": "CANCEL_SUCCESS",
+            "psp": psp_b,
+            "amount": 80.0,
+            "msg": "Klarna authorization cancelled (order cancelled in Saleor)",
+        },
+        token=fake.app_token,
+    )
     take(24)
 
     for number, delivery in got.items():

@@ -42,7 +42,7 @@ BASE = "https://api.playground.klarna.com"
 ORDER_ID = "f3392f8b-6116-4073-ab96-e330819e2c07"
 ORDER_URL = f"{BASE}/ordermanagement/v1/orders/{ORDER_ID}"
 USERNAME = "PK12345_merchant"
-PASSWORD = "s3cr3t-Pa55w0rd"  # noqa: S105 - a fake credential for the redaction tests
+PASSWORD = "s3cr3t-Pa55w0rd"
 BASIC = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
 KEY = "6f1c2e52-9a43-5b7e-8d11-0c8f4b1a2d33"
 CORRELATION_ID = "66782175-ae05-44fc-9eb3-eeceadbad271"
@@ -85,9 +85,7 @@ def _error_body(code: str, *messages: str) -> dict[str, Any]:
     ids=["eu_live_case", "eu_playground_case", "na_live_case", "na_playground_case",
          "oc_live_case", "oc_playground_case"],
 )  # fmt: skip
-def test_base_url_for_every_region_and_environment(
-    region: str, environment: str, expected: str
-) -> None:
+def test_base_url_for_every_region_and_environment(region: str, environment: str, expected: str) -> None:
     # given a region and an environment
     # when the base URL is resolved
     url = base_url(region, environment)
@@ -228,9 +226,7 @@ def test_mutating_call_without_idempotency_key_is_refused(
     assert len(wire.calls) == 0
 
 
-def test_ids_are_escaped_into_one_path_segment(
-    wire: responses.RequestsMock, client: KlarnaOrdersClient
-) -> None:
+def test_ids_are_escaped_into_one_path_segment(wire: responses.RequestsMock, client: KlarnaOrdersClient) -> None:
     # given an order id with path characters
     wire.get(f"{BASE}/ordermanagement/v1/orders/..%2Fx%3Fy", json={})
     # when it is read / then it stays one path segment
@@ -241,9 +237,7 @@ def test_ids_are_escaped_into_one_path_segment(
 # -- success responses ---------------------------------------------------------------------
 
 
-def test_capture_201_returns_capture_id(
-    wire: responses.RequestsMock, client: KlarnaOrdersClient
-) -> None:
+def test_capture_201_returns_capture_id(wire: responses.RequestsMock, client: KlarnaOrdersClient) -> None:
     # given Klarna creates a capture and answers 201 with an empty body
     wire.post(
         ORDER_URL + "/captures",
@@ -266,9 +260,7 @@ def test_capture_201_returns_capture_id(
     assert isinstance(result.log["elapsed_ms"], int)
 
 
-def test_refund_201_returns_refund_id(
-    wire: responses.RequestsMock, client: KlarnaOrdersClient
-) -> None:
+def test_refund_201_returns_refund_id(wire: responses.RequestsMock, client: KlarnaOrdersClient) -> None:
     # given Klarna creates a refund
     refund_id = "b2cb4f2e-2781-4359-80ad-555735ebb8d8"
     wire.post(ORDER_URL + "/refunds", status=201, headers={"Refund-Id": refund_id})
@@ -298,9 +290,7 @@ def test_cancel_204(wire: responses.RequestsMock, client: KlarnaOrdersClient) ->
     assert (result.status, result.json, result.resource_id) == (204, None, None)
 
 
-def test_redirect_is_not_followed(
-    wire: responses.RequestsMock, client: KlarnaOrdersClient
-) -> None:
+def test_redirect_is_not_followed(wire: responses.RequestsMock, client: KlarnaOrdersClient) -> None:
     # given Klarna (or a proxy) answers a capture with a redirect
     wire.post(ORDER_URL + "/captures", status=302, headers={"Location": "https://elsewhere/"})
     # when a capture is made / then it is a final API error, not a silent GET elsewhere
@@ -311,9 +301,7 @@ def test_redirect_is_not_followed(
     assert len(wire.calls) == 1
 
 
-def test_large_response_body_is_truncated_in_log(
-    wire: responses.RequestsMock, client: KlarnaOrdersClient
-) -> None:
+def test_large_response_body_is_truncated_in_log(wire: responses.RequestsMock, client: KlarnaOrdersClient) -> None:
     # given a 200 body larger than 10 kB
     big = {"order_id": ORDER_ID, "merchant_data": "x" * 20_000}
     wire.get(ORDER_URL, json=big)
@@ -375,9 +363,7 @@ def test_error_status_maps_to_class(
     assert error.error_code == code
     assert error.error_messages == [message, "second"]
     assert error.correlation_id == CORRELATION_ID
-    assert str(error) == (
-        f"Klarna {status} {code}: {message}; second (correlation_id {CORRELATION_ID})"
-    )
+    assert str(error) == (f"Klarna {status} {code}: {message}; second (correlation_id {CORRELATION_ID})")
     assert error.log is not None
     assert error.log["status"] == status
     assert error.log["correlation_id"] == CORRELATION_ID
@@ -385,9 +371,7 @@ def test_error_status_maps_to_class(
     assert error.log["idempotency_key"] == KEY
 
 
-def test_non_json_502_gives_a_sane_server_error(
-    wire: responses.RequestsMock, client: KlarnaOrdersClient
-) -> None:
+def test_non_json_502_gives_a_sane_server_error(wire: responses.RequestsMock, client: KlarnaOrdersClient) -> None:
     # given a proxy answers 502 with HTML
     html = "<html><body>\n<h1>502 Bad Gateway</h1>\n</body></html>"
     wire.get(ORDER_URL, status=502, body=html, content_type="text/html")

@@ -6,7 +6,7 @@ import pytest
 
 from webhooks import ORDER_EVENTS, build_manifest, static_manifest
 
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "saleor-schema.graphql"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "plugin" / "testing" / "data" / "saleor-schema.graphql"
 
 
 @lru_cache(maxsize=1)
@@ -66,7 +66,21 @@ def test_manifest_endpoint(client) -> None:  # type: ignore[no-untyped-def]
     response = client.get("/api/manifest", headers={"Saleor-Schema-Version": "3.23", "User-Agent": "Saleor/3.23"})
     assert response.status_code == 200
     body = response.get_json()
-    for field in ("id", "name", "version", "about", "author", "permissions", "appUrl", "tokenTargetUrl",
-                  "homepageUrl", "supportUrl", "dataPrivacyUrl", "requiredSaleorVersion", "extensions", "webhooks"):
+    for field in (
+        "id",
+        "name",
+        "version",
+        "about",
+        "author",
+        "permissions",
+        "appUrl",
+        "tokenTargetUrl",
+        "homepageUrl",
+        "supportUrl",
+        "dataPrivacyUrl",
+        "requiredSaleorVersion",
+        "extensions",
+        "webhooks",
+    ):
         assert body[field], field
     assert body["appUrl"] == "http://127.0.0.1:5056/app"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from fractions import Fraction
 
@@ -234,7 +235,7 @@ def partitions(draw):
     quantity = draw(st.integers(min_value=1, max_value=1000))
     cuts = draw(st.lists(st.integers(min_value=0, max_value=quantity), max_size=8))
     bounds = [0, *sorted(cuts), quantity]
-    return quantity, [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    return quantity, [b - a for a, b in itertools.pairwise(bounds)]
 
 
 @settings(max_examples=300)

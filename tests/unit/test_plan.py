@@ -27,11 +27,11 @@ from plugin.domain.model import (
     KlarnaOrder,
     KlarnaOrderId,
     KlarnaRefund,
-    RecordedLine,
     Options,
     OrderLine,
     Plan,
     PlannedOperation,
+    RecordedLine,
     SaleorOrderId,
     ShopOrder,
 )
@@ -135,7 +135,8 @@ def return_units(order: ShopOrder, source_id: str, units: Mapping[str, int]) -> 
     for fulfillment in order.fulfillments:
         if fulfillment.id == source_id:
             left = tuple(
-                FulfillmentLine(fl.order_line_id, fl.quantity - units.get(fl.order_line_id, 0)) for fl in fulfillment.lines
+                FulfillmentLine(fl.order_line_id, fl.quantity - units.get(fl.order_line_id, 0))
+                for fl in fulfillment.lines
             )
             left = tuple(fl for fl in left if fl.quantity > 0)
             if not left:
@@ -181,14 +182,20 @@ def apply(klarna: KlarnaOrder, planned: Plan) -> KlarnaOrder:
                 status="CAPTURED" if remaining == 0 else "PART_CAPTURED",
                 captured=klarna.captured + op.amount,
                 remaining=remaining,
-                captures=(*klarna.captures, KlarnaCapture(f"cap-{len(klarna.captures) + 1}", op.reference, op.amount, recorded)),
+                captures=(
+                    *klarna.captures,
+                    KlarnaCapture(f"cap-{len(klarna.captures) + 1}", op.reference, op.amount, recorded),
+                ),
             )
         elif op.kind == "refund":
             assert 0 <= op.amount <= klarna.captured - klarna.refunded
             klarna = replace(
                 klarna,
                 refunded=klarna.refunded + op.amount,
-                refunds=(*klarna.refunds, KlarnaRefund(f"ref-{len(klarna.refunds) + 1}", op.reference, op.amount, recorded)),
+                refunds=(
+                    *klarna.refunds,
+                    KlarnaRefund(f"ref-{len(klarna.refunds) + 1}", op.reference, op.amount, recorded),
+                ),
             )
         elif op.kind == "cancel":
             assert klarna.captured == 0 and klarna.status == "AUTHORIZED"
@@ -364,7 +371,9 @@ def test_changes_synced_together_end_with_the_same_totals(data, case, shipping_w
         if data.draw(st.booleans(), label="sync after shipment"):
             klarna, planned = sync(order, klarna, options=options)
             assert planned.blocked == ()
-        captured = {c.reference for c in klarna.captures} & {f.id for f in order.fulfillments if f.status == "FULFILLED"}
+        captured = {c.reference for c in klarna.captures} & {
+            f.id for f in order.fulfillments if f.status == "FULFILLED"
+        }
         if captured and data.draw(st.booleans(), label="return now"):
             order = draw_return(data, order, captured)
             if data.draw(st.booleans(), label="sync after return"):
@@ -424,7 +433,9 @@ def test_a_capture_carries_the_shipments_lines_and_tracking_number():
     (capture,) = planned.operations
     assert (capture.kind, capture.reference, capture.amount) == ("capture", "ful-1", 1000 + 500 + 490)
     assert capture.tracking_number == "1Z00000001"
-    assert [(i.type, i.reference, i.quantity, i.total_amount, i.tax_rate, i.total_tax_amount) for i in capture.lines] == [
+    assert [
+        (i.type, i.reference, i.quantity, i.total_amount, i.tax_rate, i.total_tax_amount) for i in capture.lines
+    ] == [
         ("physical", "SKU-0", 1, 1000, 2500, 200),
         ("physical", "SKU-1", 1, 500, 0, 0),
         ("shipping_fee", SHIPPING_REFERENCE, 1, 490, 2250, 90),
@@ -504,7 +515,10 @@ def test_a_return_of_captured_units_refunds_their_value_once_and_captures_nothin
             assert item.type == "physical"
             order_line = by_reference[item.reference]
             # each line's part is within one minor unit of its exact proportion ...
-            assert abs(item.total_amount * order_line.quantity - order_line.total_gross * item.quantity) < order_line.quantity
+            assert (
+                abs(item.total_amount * order_line.quantity - order_line.total_gross * item.quantity)
+                < order_line.quantity
+            )
             refunded_per_line[order_line.id] += item.total_amount
             value += item.total_amount
         assert len(goods) == (1 if value else 0)
@@ -679,7 +693,7 @@ def test_fraud_pending_captures_once_klarna_accepts():
     held = plan(order, authorized(order, fraud_status="PENDING"), DEFAULT_MAPPING, Options(), now=NOW)
     assert held.operations == ()
     # when Klarna accepts the order / then the same shipment is captured
-    klarna, planned = sync(order, authorized(order, fraud_status="ACCEPTED"))
+    _klarna, planned = sync(order, authorized(order, fraud_status="ACCEPTED"))
     assert [(op.kind, op.reference, op.amount) for op in planned.operations] == [("capture", "ful-1", 5000)]
 
 

@@ -20,8 +20,12 @@ def test_embedded_default_generates_one_secret_and_keeps_it(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        pytest.param({"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x"}, "SECRET_KEYS", id="prod-no-secret"),
-        pytest.param({"KLARNA_APP_ENV": "production", "KLARNA_APP_SECRET_KEYS": "k" * 40}, "DATABASE_URL", id="prod-no-db"),
+        pytest.param(
+            {"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x"}, "SECRET_KEYS", id="prod-no-secret"
+        ),
+        pytest.param(
+            {"KLARNA_APP_ENV": "production", "KLARNA_APP_SECRET_KEYS": "k" * 40}, "DATABASE_URL", id="prod-no-db"
+        ),
         pytest.param({"KLARNA_APP_PUBLIC_URL": "ftp://x"}, "PUBLIC_URL", id="bad-public-url"),
         pytest.param({"KLARNA_APP_SECRET_KEYS": "short"}, "at least 32", id="short-secret"),
         pytest.param({"KLARNA_APP_LOG_LEVEL": "LOUD"}, "LOG_LEVEL", id="bad-log-level"),
@@ -41,12 +45,24 @@ def test_invalid_environment_is_a_clear_start_up_error(tmp_path: Path, env: dict
         pytest.param("", "https://any.example/graphql/", True, id="empty-allows-any"),
         pytest.param("https://shop.example/graphql/", "https://shop.example/graphql/", True, id="exact"),
         pytest.param("https://shop.example/graphql/", "https://shop.example/graphql", False, id="exact-is-exact"),
-        pytest.param(r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/", "https://my-shop.saleor.cloud/graphql/", True, id="pattern"),
-        pytest.param(r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/", "https://evil.example/?x=.saleor.cloud/graphql/", False, id="pattern-full-match"),
+        pytest.param(
+            r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/",
+            "https://my-shop.saleor.cloud/graphql/",
+            True,
+            id="pattern",
+        ),
+        pytest.param(
+            r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/",
+            "https://evil.example/?x=.saleor.cloud/graphql/",
+            False,
+            id="pattern-full-match",
+        ),
     ],
 )
 def test_allowlist(tmp_path: Path, allowlist: str, url: str, allowed: bool) -> None:
-    settings = Settings.from_env({"KLARNA_APP_INSTANCE_PATH": str(tmp_path), "KLARNA_APP_ALLOWED_SALEOR_URLS": allowlist})
+    settings = Settings.from_env(
+        {"KLARNA_APP_INSTANCE_PATH": str(tmp_path), "KLARNA_APP_ALLOWED_SALEOR_URLS": allowlist}
+    )
     assert settings.saleor_url_allowed(url) is allowed
 
 

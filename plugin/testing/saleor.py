@@ -58,19 +58,32 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from graphql.language import OperationType
 from werkzeug.wrappers import Request, Response
 
-from tests.fakes.loopback import LoopbackServer
+from plugin.testing.loopback import LoopbackServer
 
-__all__ = ["SCHEMA", "SCHEMA_PATH", "STAFF_USER", "Delivery", "FakeSaleor", "InstallResult", "get_schema",
-           "requests_transport", "wsgi_transport"]
+__all__ = [
+    "SCHEMA_PATH",
+    "STAFF_USER",
+    "Delivery",
+    "FakeSaleor",
+    "InstallResult",
+    "get_schema",
+    "requests_transport",
+    "wsgi_transport",
+]
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "saleor-schema.graphql"
+SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "saleor-schema.graphql"
 SALEOR_VERSION = "3.23.28"
 SCHEMA_VERSION = "3.23"
 USER_AGENT = f"Saleor/{SCHEMA_VERSION}"
 STAFF_USER = {"__typename": "User", "id": "VXNlcjoyMQ==", "email": "admin@example.com"}
 OTHER_APP = {"__typename": "App", "id": "QXBwOjk5OQ==", "name": "Klarna payments"}
 # requests' default headers, in the order they appear in the captured requests.
-BASE_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", "Accept": "*/*", "Connection": "keep-alive"}
+BASE_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept-Encoding": "gzip, deflate",
+    "Accept": "*/*",
+    "Connection": "keep-alive",
+}
 PLACEHOLDER_DOMAIN = "saleor.test"  # until start() binds a port
 ACTIVE_FULFILLMENT = ("FULFILLED", "WAITING_FOR_APPROVAL")
 PERMISSION_NAMES = {"MANAGE_ORDERS": "Manage orders.", "HANDLE_PAYMENTS": "Handle payments"}
@@ -119,12 +132,16 @@ class _WithoutOrderNoteAdd(graphql.ValidationRule):
     def enter_field(self, node: graphql.FieldNode, *_args: Any) -> None:
         parent = self.context.get_parent_type()
         if parent is not None and parent.name == "Mutation" and node.name.value == "orderNoteAdd":
-            self.report_error(graphql.GraphQLError(
-                'Cannot query field "orderNoteAdd" on type "Mutation". Did you mean "orderAddNote"?', node))
+            self.report_error(
+                graphql.GraphQLError(
+                    'Cannot query field "orderNoteAdd" on type "Mutation". Did you mean "orderAddNote"?', node
+                )
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
+
 
 def gid(type_name: str, pk: object) -> str:
     return base64.b64encode(f"{type_name}:{pk}".encode()).decode()
@@ -144,13 +161,21 @@ def _dec(value: object) -> Decimal:
 
 def _money(amount: Decimal, currency: str) -> dict:
     digits = CURRENCY_DIGITS.get(currency, 2)
-    return {"amount": float(amount), "currency": currency, "fractionDigits": digits,
-            "fractionalAmount": int((amount * 10 ** digits).to_integral_value())}
+    return {
+        "amount": float(amount),
+        "currency": currency,
+        "fractionDigits": digits,
+        "fractionalAmount": int((amount * 10**digits).to_integral_value()),
+    }
 
 
 def _taxed(gross: Decimal, net: Decimal, currency: str) -> dict:
-    return {"currency": currency, "gross": _money(gross, currency), "net": _money(net, currency),
-            "tax": _money(gross - net, currency)}
+    return {
+        "currency": currency,
+        "gross": _money(gross, currency),
+        "net": _money(net, currency),
+        "tax": _money(gross - net, currency),
+    }
 
 
 def _meta_fields(public: dict, private: dict) -> dict:
@@ -163,11 +188,14 @@ def _meta_fields(public: dict, private: dict) -> dict:
     def pick(meta: dict, keys: list | None) -> dict:
         return {k: v for k, v in meta.items() if keys is None or k in keys}
 
-    return {"metadata": as_list(public), "privateMetadata": as_list(private),
-            "metafield": lambda _info, key: public.get(key),
-            "privateMetafield": lambda _info, key: private.get(key),
-            "metafields": lambda _info, keys=None: pick(public, keys),
-            "privateMetafields": lambda _info, keys=None: pick(private, keys)}
+    return {
+        "metadata": as_list(public),
+        "privateMetadata": as_list(private),
+        "metafield": lambda _info, key: public.get(key),
+        "privateMetafield": lambda _info, key: private.get(key),
+        "metafields": lambda _info, keys=None: pick(public, keys),
+        "privateMetafields": lambda _info, keys=None: pick(private, keys),
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -215,8 +243,14 @@ def wsgi_transport(wsgi_app: Callable) -> Callable[[str, str, dict, bytes | None
 
     def transport(method: str, url: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
         parts = urlsplit(url)
-        response = client.open(parts.path, method=method, query_string=parts.query, headers=headers, data=body,
-                               base_url=f"{parts.scheme}://{parts.netloc}")
+        response = client.open(
+            parts.path,
+            method=method,
+            query_string=parts.query,
+            headers=headers,
+            data=body,
+            base_url=f"{parts.scheme}://{parts.netloc}",
+        )
         return response.status_code, dict(response.headers), response.get_data()
 
     return transport
@@ -231,8 +265,11 @@ def check_subscription(query: str) -> tuple[graphql.DocumentNode, str, list[str]
     errors = graphql.validate(get_schema(), document)
     if errors:
         raise ValueError(errors[0].message)
-    subscriptions = [d for d in document.definitions
-                     if isinstance(d, graphql.OperationDefinitionNode) and d.operation == OperationType.SUBSCRIPTION]
+    subscriptions = [
+        d
+        for d in document.definitions
+        if isinstance(d, graphql.OperationDefinitionNode) and d.operation == OperationType.SUBSCRIPTION
+    ]
     if not subscriptions:
         raise ValueError("Subscription operation can't be found.")
     selections = subscriptions[0].selection_set.selections
@@ -263,12 +300,15 @@ def check_subscription(query: str) -> tuple[graphql.DocumentNode, str, list[str]
 
 # ---------------------------------------------------------------------------------------------
 
+
 class FakeSaleor:
     has_order_note_add: bool = True  # False: behave like Saleor < 3.15 (orderAddNote only)
     fulfillment_allow_unpaid: bool = True  # shop.fulfillmentAllowUnpaid (DESIGN §7)
     channels: tuple[dict, ...] = ({"slug": "default-channel", "name": "Default Channel", "currencyCode": "USD"},)
 
-    def __init__(self, *, app_transport: Callable[[str, str, dict, bytes | None], tuple[int, dict, bytes]] | None = None):
+    def __init__(
+        self, *, app_transport: Callable[[str, str, dict, bytes | None], tuple[int, dict, bytes]] | None = None
+    ):
         self.app_transport = app_transport or requests_transport
         self.auto_deliver = True
         self.outbox: list[Delivery] = []
@@ -343,8 +383,11 @@ class FakeSaleor:
         kid = b64url(hashlib.sha256(thumbprint_input.encode()).digest())
         with self._lock:
             self._private_key, self.kid = key, kid
-            self.jwks = {"keys": [{"kty": "RSA", "key_ops": ["verify"], "n": n, "e": e, "use": "sig",
-                                   "kid": kid, "alg": "RS256"}]}
+            self.jwks = {
+                "keys": [
+                    {"kty": "RSA", "key_ops": ["verify"], "n": n, "e": e, "use": "sig", "kid": kid, "alg": "RS256"}
+                ]
+            }
 
     def sign(self, body: bytes) -> str:
         header = {"alg": "RS256", "b64": False, "crit": ["b64"], "kid": self.kid, "typ": "JWT"}
@@ -352,16 +395,34 @@ class FakeSaleor:
         signature = self._private_key.sign(header_b64.encode() + b"." + body, padding.PKCS1v15(), hashes.SHA256())
         return f"{header_b64}..{b64url(signature)}"
 
-    def mint_token(self, *, permissions=("MANAGE_ORDERS",), user_permissions=("MANAGE_ORDERS",), ttl: int = 300,
-                   app_id: str | None = None, app_extension: str | None = None, email: str = "admin@example.com",
-                   now: float | datetime | None = None) -> str:
+    def mint_token(
+        self,
+        *,
+        permissions=("MANAGE_ORDERS",),
+        user_permissions=("MANAGE_ORDERS",),
+        ttl: int = 300,
+        app_id: str | None = None,
+        app_extension: str | None = None,
+        email: str = "admin@example.com",
+        now: float | datetime | None = None,
+    ) -> str:
         if isinstance(now, datetime):
             now = now.timestamp()
         iat = int(time.time() if now is None else now)
-        claims = {"iat": iat, "owner": "saleor", "iss": self.api_url, "exp": iat + ttl, "token": self._user_token_key,
-                  "email": email, "type": "thirdparty", "user_id": STAFF_USER["id"], "is_staff": True,
-                  "app": app_id or self.app_id, "permissions": list(permissions),
-                  "user_permissions": list(user_permissions)}
+        claims = {
+            "iat": iat,
+            "owner": "saleor",
+            "iss": self.api_url,
+            "exp": iat + ttl,
+            "token": self._user_token_key,
+            "email": email,
+            "type": "thirdparty",
+            "user_id": STAFF_USER["id"],
+            "is_staff": True,
+            "app": app_id or self.app_id,
+            "permissions": list(permissions),
+            "user_permissions": list(user_permissions),
+        }
         if app_extension:
             claims["app_extension"] = app_extension
         return jwt.encode(claims, self._private_key, algorithm="RS256", headers={"kid": self.kid})
@@ -396,7 +457,9 @@ class FakeSaleor:
             self.app_permissions = sorted(permissions)
             self.app_metadata = ({}, {})
             self._webhooks = webhooks
-            self._extension_ids = [gid("AppExtension", self._next("AppExtension")) for _ in manifest.get("extensions") or ()]
+            self._extension_ids = [
+                gid("AppExtension", self._next("AppExtension")) for _ in manifest.get("extensions") or ()
+            ]
             token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(30)) if manifest.get("tokenTargetUrl") else ""
             self.app_token = token or None
             self._active_token = token or None  # the app may call Saleor while handling the POST
@@ -404,11 +467,18 @@ class FakeSaleor:
             self._installed = True
             return InstallResult(True, status, app_id, "", None)
 
-        headers = {**BASE_HEADERS, "Content-Type": "application/json", "X-Saleor-Domain": self.domain,
-                   "Saleor-Domain": self.domain, "Saleor-Api-Url": self.api_url, "Saleor-Schema-Version": SCHEMA_VERSION}
+        headers = {
+            **BASE_HEADERS,
+            "Content-Type": "application/json",
+            "X-Saleor-Domain": self.domain,
+            "Saleor-Domain": self.domain,
+            "Saleor-Api-Url": self.api_url,
+            "Saleor-Schema-Version": SCHEMA_VERSION,
+        }
         try:
-            status, _, body = self.app_transport("POST", manifest["tokenTargetUrl"], headers,
-                                                 json.dumps({"auth_token": token}).encode())
+            status, _, body = self.app_transport(
+                "POST", manifest["tokenTargetUrl"], headers, json.dumps({"auth_token": token}).encode()
+            )
         except requests.RequestException as error:
             self._remove_app()
             return failed(0, str(error), app_id, token)
@@ -477,8 +547,14 @@ class FakeSaleor:
             self._installed = False
             self._active_token = None
             app = self._app_view()
-            event = {"__typename": "AppDeleted", "issuedAt": now_iso(), "version": SALEOR_VERSION,
-                     "issuingPrincipal": STAFF_USER, "recipient": app, "app": app}
+            event = {
+                "__typename": "AppDeleted",
+                "issuedAt": now_iso(),
+                "version": SALEOR_VERSION,
+                "issuingPrincipal": STAFF_USER,
+                "recipient": app,
+                "app": app,
+            }
             deliveries = self._deliveries("APP_DELETED", event, self._webhooks)
         self._dispatch(deliveries)
         return deliveries
@@ -512,10 +588,17 @@ class FakeSaleor:
                 payload = {**(payload or {}), "errors": [_format_error(e) for e in executed.errors]}
             body = json.dumps(payload).encode()
             signature = self.sign(body)
-            headers = {**BASE_HEADERS, "Content-Type": "application/json", "X-Saleor-Event": event.lower(),
-                       "X-Saleor-Domain": self.domain, "X-Saleor-Signature": signature,
-                       "Saleor-Event": event.lower(), "Saleor-Domain": self.domain, "Saleor-Signature": signature,
-                       "Saleor-Api-Url": self.api_url}
+            headers = {
+                **BASE_HEADERS,
+                "Content-Type": "application/json",
+                "X-Saleor-Event": event.lower(),
+                "X-Saleor-Domain": self.domain,
+                "X-Saleor-Signature": signature,
+                "Saleor-Event": event.lower(),
+                "Saleor-Domain": self.domain,
+                "Saleor-Signature": signature,
+                "Saleor-Api-Url": self.api_url,
+            }
             result.append(Delivery(event, hook["targetUrl"], headers, body))
         return result
 
@@ -523,9 +606,15 @@ class FakeSaleor:
         """Build the deliveries of one order event (call with the lock held)."""
         if not self._installed:
             return []
-        event_obj = {"__typename": _event_typename(event), "issuedAt": now_iso(), "version": SALEOR_VERSION,
-                     "issuingPrincipal": principal, "recipient": self._app_view(), "order": self._order_view(order),
-                     **fields}
+        event_obj = {
+            "__typename": _event_typename(event),
+            "issuedAt": now_iso(),
+            "version": SALEOR_VERSION,
+            "issuingPrincipal": principal,
+            "recipient": self._app_view(),
+            "order": self._order_view(order),
+            **fields,
+        }
         return self._deliveries(event, event_obj, self._webhooks)
 
     # -- orders (staff actions) --------------------------------------------------------------
@@ -540,80 +629,153 @@ class FakeSaleor:
         except KeyError:
             raise KeyError(f"unknown order {order_id}") from None
 
-    def create_order(self, *, lines: list[dict], currency: str = "USD", shipping_gross: str = "0.00",
-                     shipping_net: str | None = None, klarna_order_id: str | None = None,
-                     klarna_via: str = "transaction", channel_slug: str = "default-channel",
-                     number: int | str | None = None, total_gross: str | None = None,
-                     user_email: str = "customer@example.com") -> str:
+    def create_order(
+        self,
+        *,
+        lines: list[dict],
+        currency: str = "USD",
+        shipping_gross: str = "0.00",
+        shipping_net: str | None = None,
+        klarna_order_id: str | None = None,
+        klarna_via: str = "transaction",
+        channel_slug: str = "default-channel",
+        number: int | str | None = None,
+        total_gross: str | None = None,
+        user_email: str = "customer@example.com",
+    ) -> str:
         """A completed order (draftOrderComplete): UNFULFILLED; ORDER_CREATED and ORDER_CONFIRMED."""
         if klarna_via not in ("transaction", "metadata", "payment", "none"):
             raise ValueError(f"klarna_via {klarna_via!r}")
         with self._lock:
-            order_lines = [{
-                "id": gid("OrderLine", uuid.uuid4()), "product_name": line["name"],
-                "variant_name": line.get("variant_name", ""), "sku": line.get("sku"),
-                "quantity": int(line["quantity"]), "quantity_fulfilled": 0,
-                "unit_gross": _dec(line["unit_gross"]), "unit_net": _dec(line.get("unit_net", line["unit_gross"])),
-                "tax_rate": _dec(line.get("tax_rate", "0.00")),
-            } for line in lines]
+            order_lines = [
+                {
+                    "id": gid("OrderLine", uuid.uuid4()),
+                    "product_name": line["name"],
+                    "variant_name": line.get("variant_name", ""),
+                    "sku": line.get("sku"),
+                    "quantity": int(line["quantity"]),
+                    "quantity_fulfilled": 0,
+                    "unit_gross": _dec(line["unit_gross"]),
+                    "unit_net": _dec(line.get("unit_net", line["unit_gross"])),
+                    "tax_rate": _dec(line.get("tax_rate", "0.00")),
+                }
+                for line in lines
+            ]
             ship_gross = _dec(shipping_gross)
             ship_net = _dec(shipping_net if shipping_net is not None else shipping_gross)
-            gross = sum((l["unit_gross"] * l["quantity"] for l in order_lines), Decimal(0)) + ship_gross
-            net = sum((l["unit_net"] * l["quantity"] for l in order_lines), Decimal(0)) + ship_net
+            gross = sum((ln["unit_gross"] * ln["quantity"] for ln in order_lines), Decimal(0)) + ship_gross
+            net = sum((ln["unit_net"] * ln["quantity"] for ln in order_lines), Decimal(0)) + ship_net
             if total_gross is not None:  # an order-level discount: same tax, lower gross
                 net, gross = _dec(total_gross) - (gross - net), _dec(total_gross)
             created = now_iso()
             order = {
-                "id": gid("Order", uuid.uuid4()), "number": str(number if number is not None else self._next("Order")),
-                "status": "UNFULFILLED", "created": created, "updated_at": created, "user_email": user_email,
-                "currency": currency, "channel_slug": channel_slug, "lines": order_lines,
-                "shipping_gross": ship_gross, "shipping_net": ship_net, "total_gross": gross, "total_net": net,
-                "fulfillments": [], "fulfillment_order": 0, "transactions": [], "payments": [], "granted_refunds": [],
-                "metadata": {}, "private_metadata": {}, "events": [],
+                "id": gid("Order", uuid.uuid4()),
+                "number": str(number if number is not None else self._next("Order")),
+                "status": "UNFULFILLED",
+                "created": created,
+                "updated_at": created,
+                "user_email": user_email,
+                "currency": currency,
+                "channel_slug": channel_slug,
+                "lines": order_lines,
+                "shipping_gross": ship_gross,
+                "shipping_net": ship_net,
+                "total_gross": gross,
+                "total_net": net,
+                "fulfillments": [],
+                "fulfillment_order": 0,
+                "transactions": [],
+                "payments": [],
+                "granted_refunds": [],
+                "metadata": {},
+                "private_metadata": {},
+                "events": [],
             }
             psp = klarna_order_id or str(uuid.uuid4())
             if klarna_via == "transaction":
                 creator = self._principal_app() if self._installed else OTHER_APP
-                order["transactions"].append({
-                    "id": gid("TransactionItem", uuid.uuid4()), "name": "Klarna", "psp_reference": psp,
-                    "created_at": created, "modified_at": created, "actions": ["CHARGE", "CANCEL", "REFUND"],
-                    "authorized": gross, "charged": Decimal(0), "refunded": Decimal(0), "canceled": Decimal(0),
-                    "created_by": creator, "events": [  # oldest first; the view lists newest first
-                        self._tx_event("AUTHORIZATION_SUCCESS", "", gross, "Manual adjustment of the transaction.", creator),
-                        self._tx_event("INFO", psp, Decimal(0), "Klarna order authorized", creator)],
-                })
+                order["transactions"].append(
+                    {
+                        "id": gid("TransactionItem", uuid.uuid4()),
+                        "name": "Klarna",
+                        "psp_reference": psp,
+                        "created_at": created,
+                        "modified_at": created,
+                        "actions": ["CHARGE", "CANCEL", "REFUND"],
+                        "authorized": gross,
+                        "charged": Decimal(0),
+                        "refunded": Decimal(0),
+                        "canceled": Decimal(0),
+                        "created_by": creator,
+                        "events": [  # oldest first; the view lists newest first
+                            self._tx_event(
+                                "AUTHORIZATION_SUCCESS", "", gross, "Manual adjustment of the transaction.", creator
+                            ),
+                            self._tx_event("INFO", psp, Decimal(0), "Klarna order authorized", creator),
+                        ],
+                    }
+                )
             elif klarna_via == "metadata":
                 order["private_metadata"]["klarna_order_id"] = psp
             elif klarna_via == "payment":
-                order["payments"].append({"id": gid("Payment", self._next("Payment")), "gateway": "klarna",
-                                          "psp_reference": psp, "charge_status": "NOT_CHARGED", "total": gross,
-                                          "captured": Decimal(0), "created": created})
+                order["payments"].append(
+                    {
+                        "id": gid("Payment", self._next("Payment")),
+                        "gateway": "klarna",
+                        "psp_reference": psp,
+                        "charge_status": "NOT_CHARGED",
+                        "total": gross,
+                        "captured": Decimal(0),
+                        "created": created,
+                    }
+                )
             self._orders[order["id"]] = order
-            deliveries = self._emit(order, "ORDER_CREATED", STAFF_USER) + self._emit(order, "ORDER_CONFIRMED", STAFF_USER)
+            deliveries = self._emit(order, "ORDER_CREATED", STAFF_USER) + self._emit(
+                order, "ORDER_CONFIRMED", STAFF_USER
+            )
         self._dispatch(deliveries)
         return order["id"]
 
     def _tx_event(self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict) -> dict:
-        return {"id": gid("TransactionEvent", self._next("TransactionEvent")), "type": type_, "psp_reference": psp,
-                "amount": amount, "created_at": now_iso(), "message": message, "created_by": created_by}
+        return {
+            "id": gid("TransactionEvent", self._next("TransactionEvent")),
+            "type": type_,
+            "psp_reference": psp,
+            "amount": amount,
+            "created_at": now_iso(),
+            "message": message,
+            "created_by": created_by,
+        }
 
     def _new_fulfillment(self, order: dict, status: str, tracking: str, lines: list[tuple[str, int]]) -> dict:
         order["fulfillment_order"] += 1
-        fulfillment = {"id": gid("Fulfillment", self._next("Fulfillment")), "fulfillment_order": order["fulfillment_order"],
-                       "status": status, "tracking_number": tracking, "created": now_iso(), "metadata": {},
-                       "private_metadata": {},
-                       "lines": [{"id": gid("FulfillmentLine", self._next("FulfillmentLine")), "line_id": line_id,
-                                  "quantity": qty} for line_id, qty in lines]}
+        fulfillment = {
+            "id": gid("Fulfillment", self._next("Fulfillment")),
+            "fulfillment_order": order["fulfillment_order"],
+            "status": status,
+            "tracking_number": tracking,
+            "created": now_iso(),
+            "metadata": {},
+            "private_metadata": {},
+            "lines": [
+                {"id": gid("FulfillmentLine", self._next("FulfillmentLine")), "line_id": line_id, "quantity": qty}
+                for line_id, qty in lines
+            ],
+        }
         order["fulfillments"].append(fulfillment)
         return fulfillment
 
     @staticmethod
     def _update_status(order: dict) -> None:
         """saleor.order.utils.update_order_status."""
-        total = sum(l["quantity"] for l in order["lines"])
-        fulfilled = sum(l["quantity_fulfilled"] for l in order["lines"])
-        returned = sum(fl["quantity"] for f in order["fulfillments"] if f["status"] in ("RETURNED", "REFUNDED_AND_RETURNED")
-                       for fl in f["lines"])
+        total = sum(ln["quantity"] for ln in order["lines"])
+        fulfilled = sum(ln["quantity_fulfilled"] for ln in order["lines"])
+        returned = sum(
+            fl["quantity"]
+            for f in order["fulfillments"]
+            if f["status"] in ("RETURNED", "REFUNDED_AND_RETURNED")
+            for fl in f["lines"]
+        )
         waiting = any(f["status"] == "WAITING_FOR_APPROVAL" for f in order["fulfillments"])
         if fulfilled <= 0:
             order["status"] = "UNFULFILLED"
@@ -633,8 +795,9 @@ class FakeSaleor:
                 return fulfillment
         raise KeyError(f"unknown fulfillment {fulfillment_id}")
 
-    def fulfill(self, order_id: str, lines: dict[str, int], *, tracking_number: str = "",
-                notify_customer: bool = True) -> str:
+    def fulfill(
+        self, order_id: str, lines: dict[str, int], *, tracking_number: str = "", notify_customer: bool = True
+    ) -> str:
         """orderFulfill by staff: one FULFILLED fulfillment with the given {order line id: quantity}."""
         with self._lock:
             order = self._get(order_id)
@@ -642,11 +805,13 @@ class FakeSaleor:
                 raise ValueError(f"Cannot fulfill {order['status']} order.")
             if not self.fulfillment_allow_unpaid and not self._order_view(order)["isPaid"]:
                 raise ValueError("Cannot fulfill unpaid order.")  # CANNOT_FULFILL_UNPAID_ORDER
-            by_id = {l["id"]: l for l in order["lines"]}
+            by_id = {ln["id"]: ln for ln in order["lines"]}
             for line_id, qty in lines.items():
                 line = by_id[line_id]
                 if not 0 < qty <= line["quantity"] - line["quantity_fulfilled"]:
-                    raise ValueError(f"Only {line['quantity'] - line['quantity_fulfilled']} items remaining to fulfill.")
+                    raise ValueError(
+                        f"Only {line['quantity'] - line['quantity_fulfilled']} items remaining to fulfill."
+                    )
             for line_id, qty in lines.items():
                 by_id[line_id]["quantity_fulfilled"] += qty
             fulfillment = self._new_fulfillment(order, "FULFILLED", tracking_number or "", list(lines.items()))
@@ -692,12 +857,13 @@ class FakeSaleor:
             if fulfillment["status"] not in ACTIVE_FULFILLMENT:
                 raise ValueError(f"Cannot cancel a {fulfillment['status']} fulfillment.")
             fulfillment["status"] = "CANCELED"
-            by_id = {l["id"]: l for l in order["lines"]}
+            by_id = {ln["id"]: ln for ln in order["lines"]}
             for fline in fulfillment["lines"]:
                 by_id[fline["line_id"]]["quantity_fulfilled"] -= fline["quantity"]
             self._update_status(order)
-            deliveries = self._emit(order, "FULFILLMENT_CANCELED", STAFF_USER,
-                                    fulfillment=self._fulfillment_view(order, fulfillment))
+            deliveries = self._emit(
+                order, "FULFILLMENT_CANCELED", STAFF_USER, fulfillment=self._fulfillment_view(order, fulfillment)
+            )
             deliveries += self._emit(order, "ORDER_UPDATED", STAFF_USER)
         self._dispatch(deliveries)
 
@@ -705,11 +871,14 @@ class FakeSaleor:
         with self._lock:
             order = self._get(order_id)
             if order["status"] in ("CANCELED", "DRAFT", "EXPIRED") or any(
-                    f["status"] in ACTIVE_FULFILLMENT for f in order["fulfillments"]):
+                f["status"] in ACTIVE_FULFILLMENT for f in order["fulfillments"]
+            ):
                 raise ValueError("This order can't be canceled.")
             order["status"] = "CANCELED"
             order["updated_at"] = now_iso()
-            deliveries = self._emit(order, "ORDER_CANCELLED", STAFF_USER) + self._emit(order, "ORDER_UPDATED", STAFF_USER)
+            deliveries = self._emit(order, "ORDER_CANCELLED", STAFF_USER) + self._emit(
+                order, "ORDER_UPDATED", STAFF_USER
+            )
         self._dispatch(deliveries)
 
     def order(self, order_id: str) -> dict:
@@ -739,26 +908,51 @@ class FakeSaleor:
         extensions = []
         for ext_id, ext in zip(self._extension_ids, manifest.get("extensions") or (), strict=False):
             ext_permissions = list(ext.get("permissions") or ())
-            extensions.append({
-                "__typename": "AppExtension", "id": ext_id, "identifier": ext.get("identifier"), "label": ext["label"],
-                "url": ext["url"], "mountName": str(ext["mount"]).upper(),
-                "targetName": str(ext.get("target", "POPUP")).upper(), "settings": ext.get("options") or {},
-                "permissions": [permission(p) for p in ext_permissions],
-                "accessToken": lambda _info, _id=ext_id, _p=ext_permissions: self.mint_token(
-                    permissions=_p, app_extension=_id),
-            })
-        webhooks = [{"__typename": "Webhook", "id": gid("Webhook", i), "name": hook["name"],
-                     "isActive": hook.get("isActive", True), "targetUrl": hook["targetUrl"],
-                     "subscriptionQuery": hook["query"], "syncEvents": [],
-                     "asyncEvents": [{"eventType": e, "name": e.replace("_", " ").capitalize()} for e in hook["events"]]}
-                    for i, hook in enumerate(self._webhooks, 1)]
+            extensions.append(
+                {
+                    "__typename": "AppExtension",
+                    "id": ext_id,
+                    "identifier": ext.get("identifier"),
+                    "label": ext["label"],
+                    "url": ext["url"],
+                    "mountName": str(ext["mount"]).upper(),
+                    "targetName": str(ext.get("target", "POPUP")).upper(),
+                    "settings": ext.get("options") or {},
+                    "permissions": [permission(p) for p in ext_permissions],
+                    "accessToken": lambda _info, _id=ext_id, _p=ext_permissions: self.mint_token(
+                        permissions=_p, app_extension=_id
+                    ),
+                }
+            )
+        webhooks = [
+            {
+                "__typename": "Webhook",
+                "id": gid("Webhook", i),
+                "name": hook["name"],
+                "isActive": hook.get("isActive", True),
+                "targetUrl": hook["targetUrl"],
+                "subscriptionQuery": hook["query"],
+                "syncEvents": [],
+                "asyncEvents": [{"eventType": e, "name": e.replace("_", " ").capitalize()} for e in hook["events"]],
+            }
+            for i, hook in enumerate(self._webhooks, 1)
+        ]
         return {
-            **self._principal_app(), "identifier": manifest.get("id"), "version": manifest.get("version"),
-            "isActive": self._installed or self._active_token is not None, "type": "THIRDPARTY", "permissions": [permission(p) for p in self.app_permissions],
-            "appUrl": manifest.get("appUrl"), "manifestUrl": self.manifest_url, "aboutApp": manifest.get("about"),
-            "author": manifest.get("author"), "homepageUrl": manifest.get("homepageUrl"),
-            "supportUrl": manifest.get("supportUrl"), "dataPrivacyUrl": manifest.get("dataPrivacyUrl"),
-            "extensions": extensions, "webhooks": webhooks,
+            **self._principal_app(),
+            "identifier": manifest.get("id"),
+            "version": manifest.get("version"),
+            "isActive": self._installed or self._active_token is not None,
+            "type": "THIRDPARTY",
+            "permissions": [permission(p) for p in self.app_permissions],
+            "appUrl": manifest.get("appUrl"),
+            "manifestUrl": self.manifest_url,
+            "aboutApp": manifest.get("about"),
+            "author": manifest.get("author"),
+            "homepageUrl": manifest.get("homepageUrl"),
+            "supportUrl": manifest.get("supportUrl"),
+            "dataPrivacyUrl": manifest.get("dataPrivacyUrl"),
+            "extensions": extensions,
+            "webhooks": webhooks,
             "accessToken": lambda _info: self.mint_token(permissions=self.app_permissions),
             **_meta_fields(*self.app_metadata),
         }
@@ -768,26 +962,55 @@ class FakeSaleor:
         unit = _taxed(line["unit_gross"], line["unit_net"], cur)
         total = _taxed(line["unit_gross"] * qty, line["unit_net"] * qty, cur)
         return {
-            "__typename": "OrderLine", "id": line["id"], "productName": line["product_name"],
-            "variantName": line["variant_name"], "translatedProductName": "", "translatedVariantName": "",
-            "productSku": line["sku"], "productVariantId": None, "isShippingRequired": True, "isGift": False,
-            "quantity": qty, "quantityFulfilled": line["quantity_fulfilled"],
-            "quantityToFulfill": qty - line["quantity_fulfilled"], "taxRate": float(line["tax_rate"]),
-            "unitPrice": unit, "undiscountedUnitPrice": unit, "totalPrice": total, "undiscountedTotalPrice": total,
-            "unitDiscount": _money(Decimal(0), cur), "unitDiscountValue": 0.0, "unitDiscountType": None,
-            "unitDiscountReason": None, "discounts": [], "variant": None, "allocations": [],
+            "__typename": "OrderLine",
+            "id": line["id"],
+            "productName": line["product_name"],
+            "variantName": line["variant_name"],
+            "translatedProductName": "",
+            "translatedVariantName": "",
+            "productSku": line["sku"],
+            "productVariantId": None,
+            "isShippingRequired": True,
+            "isGift": False,
+            "quantity": qty,
+            "quantityFulfilled": line["quantity_fulfilled"],
+            "quantityToFulfill": qty - line["quantity_fulfilled"],
+            "taxRate": float(line["tax_rate"]),
+            "unitPrice": unit,
+            "undiscountedUnitPrice": unit,
+            "totalPrice": total,
+            "undiscountedTotalPrice": total,
+            "unitDiscount": _money(Decimal(0), cur),
+            "unitDiscountValue": 0.0,
+            "unitDiscountType": None,
+            "unitDiscountReason": None,
+            "discounts": [],
+            "variant": None,
+            "allocations": [],
             **_meta_fields({}, {}),
         }
 
     def _fulfillment_view(self, order: dict, fulfillment: dict) -> dict:
-        lines = {l["id"]: l for l in order["lines"]}
+        lines = {ln["id"]: ln for ln in order["lines"]}
         return {
-            "__typename": "Fulfillment", "id": fulfillment["id"], "fulfillmentOrder": fulfillment["fulfillment_order"],
-            "status": fulfillment["status"], "trackingNumber": fulfillment["tracking_number"],
-            "created": fulfillment["created"], "warehouse": None, "totalRefundedAmount": None,
+            "__typename": "Fulfillment",
+            "id": fulfillment["id"],
+            "fulfillmentOrder": fulfillment["fulfillment_order"],
+            "status": fulfillment["status"],
+            "trackingNumber": fulfillment["tracking_number"],
+            "created": fulfillment["created"],
+            "warehouse": None,
+            "totalRefundedAmount": None,
             "shippingRefundedAmount": None,
-            "lines": [{"__typename": "FulfillmentLine", "id": fl["id"], "quantity": fl["quantity"],
-                       "orderLine": self._line_view(order, lines[fl["line_id"]])} for fl in fulfillment["lines"]],
+            "lines": [
+                {
+                    "__typename": "FulfillmentLine",
+                    "id": fl["id"],
+                    "quantity": fl["quantity"],
+                    "orderLine": self._line_view(order, lines[fl["line_id"]]),
+                }
+                for fl in fulfillment["lines"]
+            ],
             **_meta_fields(fulfillment["metadata"], fulfillment["private_metadata"]),
         }
 
@@ -796,16 +1019,38 @@ class FakeSaleor:
         cur = order["currency"]
         zero = _money(Decimal(0), cur)
         return {
-            "__typename": "TransactionItem", "id": tx["id"], "name": tx["name"], "pspReference": tx["psp_reference"],
-            "createdAt": tx["created_at"], "modifiedAt": tx["modified_at"], "actions": list(tx["actions"]),
-            "authorizedAmount": _money(tx["authorized"], cur), "chargedAmount": _money(tx["charged"], cur),
-            "refundedAmount": _money(tx["refunded"], cur), "canceledAmount": _money(tx["canceled"], cur),
-            "authorizePendingAmount": zero, "chargePendingAmount": zero, "refundPendingAmount": zero,
-            "cancelPendingAmount": zero, "externalUrl": "", "message": "", "createdBy": tx["created_by"],
-            "events": [{"__typename": "TransactionEvent", "id": e["id"], "type": e["type"],
-                        "pspReference": e["psp_reference"], "amount": _money(e["amount"], cur),
-                        "createdAt": e["created_at"], "message": e["message"], "externalUrl": "",
-                        "createdBy": e["created_by"]} for e in reversed(tx["events"])],  # newest first
+            "__typename": "TransactionItem",
+            "id": tx["id"],
+            "name": tx["name"],
+            "pspReference": tx["psp_reference"],
+            "createdAt": tx["created_at"],
+            "modifiedAt": tx["modified_at"],
+            "actions": list(tx["actions"]),
+            "authorizedAmount": _money(tx["authorized"], cur),
+            "chargedAmount": _money(tx["charged"], cur),
+            "refundedAmount": _money(tx["refunded"], cur),
+            "canceledAmount": _money(tx["canceled"], cur),
+            "authorizePendingAmount": zero,
+            "chargePendingAmount": zero,
+            "refundPendingAmount": zero,
+            "cancelPendingAmount": zero,
+            "externalUrl": "",
+            "message": "",
+            "createdBy": tx["created_by"],
+            "events": [
+                {
+                    "__typename": "TransactionEvent",
+                    "id": e["id"],
+                    "type": e["type"],
+                    "pspReference": e["psp_reference"],
+                    "amount": _money(e["amount"], cur),
+                    "createdAt": e["created_at"],
+                    "message": e["message"],
+                    "externalUrl": "",
+                    "createdBy": e["created_by"],
+                }
+                for e in reversed(tx["events"])
+            ],  # newest first
             **_meta_fields({}, {}),
         }
 
@@ -814,10 +1059,18 @@ class FakeSaleor:
         zero = Decimal(0)
         total = order["total_gross"]
         tx_authorized = sum((t["authorized"] for t in order["transactions"]), zero)
-        pay_authorized = sum((p["total"] - p["captured"] for p in order["payments"]
-                              if p["charge_status"] in ("NOT_CHARGED", "PARTIALLY_CHARGED")), zero)
+        pay_authorized = sum(
+            (
+                p["total"] - p["captured"]
+                for p in order["payments"]
+                if p["charge_status"] in ("NOT_CHARGED", "PARTIALLY_CHARGED")
+            ),
+            zero,
+        )
         authorized = tx_authorized + pay_authorized
-        charged = sum((t["charged"] for t in order["transactions"]), zero) + sum((p["captured"] for p in order["payments"]), zero)
+        charged = sum((t["charged"] for t in order["transactions"]), zero) + sum(
+            (p["captured"] for p in order["payments"]), zero
+        )
         refunded = sum((t["refunded"] for t in order["transactions"]), zero)
         granted = sum((g["amount"] for g in order["granted_refunds"]), zero)
         due = max(total - granted, zero)
@@ -836,39 +1089,80 @@ class FakeSaleor:
             payment_status = order["payments"][-1]["charge_status"]
         else:
             payment_status = {"NONE": "NOT_CHARGED", "PARTIAL": "PARTIALLY_CHARGED"}.get(charge_status, "FULLY_CHARGED")
-        sub_gross = sum((l["unit_gross"] * l["quantity"] for l in order["lines"]), zero)
-        sub_net = sum((l["unit_net"] * l["quantity"] for l in order["lines"]), zero)
+        sub_gross = sum((ln["unit_gross"] * ln["quantity"] for ln in order["lines"]), zero)
+        sub_net = sum((ln["unit_net"] * ln["quantity"] for ln in order["lines"]), zero)
         channel_pk = 1 if order["channel_slug"] == "default-channel" else 2
         m = lambda amount: _money(amount, cur)  # noqa: E731
         return {
-            "__typename": "Order", "id": order["id"], "number": order["number"], "status": order["status"],
-            "created": order["created"], "updatedAt": order["updated_at"], "userEmail": order["user_email"],
-            "languageCodeEnum": "EN", "origin": "DRAFT", "original": None, "customerNote": "",
-            "channel": {"__typename": "Channel", "id": gid("Channel", channel_pk), "slug": order["channel_slug"],
-                        "name": order["channel_slug"].replace("-", " ").title(), "currencyCode": cur, "isActive": True},
-            "total": _taxed(total, order["total_net"], cur), "undiscountedTotal": _taxed(total, order["total_net"], cur),
+            "__typename": "Order",
+            "id": order["id"],
+            "number": order["number"],
+            "status": order["status"],
+            "created": order["created"],
+            "updatedAt": order["updated_at"],
+            "userEmail": order["user_email"],
+            "languageCodeEnum": "EN",
+            "origin": "DRAFT",
+            "original": None,
+            "customerNote": "",
+            "channel": {
+                "__typename": "Channel",
+                "id": gid("Channel", channel_pk),
+                "slug": order["channel_slug"],
+                "name": order["channel_slug"].replace("-", " ").title(),
+                "currencyCode": cur,
+                "isActive": True,
+            },
+            "total": _taxed(total, order["total_net"], cur),
+            "undiscountedTotal": _taxed(total, order["total_net"], cur),
             "subtotal": _taxed(sub_gross, sub_net, cur),
             "shippingPrice": _taxed(order["shipping_gross"], order["shipping_net"], cur),
-            "undiscountedShippingPrice": m(order["shipping_gross"]), "shippingMethodName": None,
-            "totalCharged": m(charged), "totalCaptured": m(charged), "totalAuthorized": m(authorized),
-            "totalRefunded": m(refunded), "totalBalance": m(charged - due), "totalGrantedRefund": m(granted),
+            "undiscountedShippingPrice": m(order["shipping_gross"]),
+            "shippingMethodName": None,
+            "totalCharged": m(charged),
+            "totalCaptured": m(charged),
+            "totalAuthorized": m(authorized),
+            "totalRefunded": m(refunded),
+            "totalBalance": m(charged - due),
+            "totalGrantedRefund": m(granted),
             "totalRemainingGrant": m(max(granted - refunded, zero)),
             "totalCanceled": m(sum((t["canceled"] for t in order["transactions"]), zero)),
-            "totalAuthorizePending": m(zero), "totalChargePending": m(zero), "totalRefundPending": m(zero),
+            "totalAuthorizePending": m(zero),
+            "totalChargePending": m(zero),
+            "totalRefundPending": m(zero),
             "totalCancelPending": m(zero),
-            "chargeStatus": charge_status, "authorizeStatus": authorize_status, "isPaid": charged >= total,
-            "paymentStatus": payment_status, "isShippingRequired": True, "canFinalize": True,
-            "lines": [self._line_view(order, l) for l in order["lines"]],
+            "chargeStatus": charge_status,
+            "authorizeStatus": authorize_status,
+            "isPaid": charged >= total,
+            "paymentStatus": payment_status,
+            "isShippingRequired": True,
+            "canFinalize": True,
+            "lines": [self._line_view(order, ln) for ln in order["lines"]],
             "fulfillments": [self._fulfillment_view(order, f) for f in order["fulfillments"]],
             "transactions": [self._transaction_view(order, t) for t in order["transactions"]],
-            "payments": [{"__typename": "Payment", "id": p["id"], "gateway": p["gateway"],
-                          "pspReference": p["psp_reference"], "chargeStatus": p["charge_status"], "total": m(p["total"]),
-                          "capturedAmount": m(p["captured"]), "isActive": True, "created": p["created"],
-                          "modified": p["created"], "transactions": [], "paymentMethodType": ""}
-                         for p in order["payments"]],
+            "payments": [
+                {
+                    "__typename": "Payment",
+                    "id": p["id"],
+                    "gateway": p["gateway"],
+                    "pspReference": p["psp_reference"],
+                    "chargeStatus": p["charge_status"],
+                    "total": m(p["total"]),
+                    "capturedAmount": m(p["captured"]),
+                    "isActive": True,
+                    "created": p["created"],
+                    "modified": p["created"],
+                    "transactions": [],
+                    "paymentMethodType": "",
+                }
+                for p in order["payments"]
+            ],
             "grantedRefunds": [],
             "events": [{"__typename": "OrderEvent", **e} for e in order["events"]],
-            "discounts": [], "giftCards": [], "invoices": [], "errors": [],
+            "discounts": [],
+            "giftCards": [],
+            "invoices": [],
+            "errors": [],
             **_meta_fields(order["metadata"], order["private_metadata"]),
         }
 
@@ -877,20 +1171,30 @@ class FakeSaleor:
     def _authenticate(self, headers: dict) -> dict | None:
         headers = {k.lower(): v for k, v in headers.items()}
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() in ("bearer", "jwt") else headers.get("authorization-bearer", "").strip()
+        token = (
+            token.strip() if scheme.lower() in ("bearer", "jwt") else headers.get("authorization-bearer", "").strip()
+        )
         if not token:
             return None
         with self._lock:
             if self._active_token and len(token) == 30 and secrets.compare_digest(token, self._active_token):
-                return {"kind": "app", "token": token, "permissions": set(self.app_permissions),
-                        "principal": {"__typename": "App", "id": self.app_id}}
+                return {
+                    "kind": "app",
+                    "token": token,
+                    "permissions": set(self.app_permissions),
+                    "principal": {"__typename": "App", "id": self.app_id},
+                }
             key = self._private_key.public_key()
         try:
             claims = jwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
         except jwt.PyJWTError:
             return None
-        return {"kind": "user", "token": token, "permissions": set(claims.get("permissions") or ()),
-                "principal": {"__typename": "User", "id": claims.get("user_id"), "email": claims.get("email")}}
+        return {
+            "kind": "user",
+            "token": token,
+            "permissions": set(claims.get("permissions") or ()),
+            "principal": {"__typename": "User", "id": claims.get("user_id"), "email": claims.get("email")},
+        }
 
     def handle_graphql(self, body: bytes, headers: dict) -> tuple[int, bytes]:
         """One POST /graphql/ (also usable without the HTTP server). Returns (status, JSON bytes)."""
@@ -905,14 +1209,23 @@ class FakeSaleor:
         elif isinstance(data, dict):
             status, result = self._graphql_one(data, caller)
         else:
-            status, result = 400, {"errors": [{"message": "Unable to parse query.",
-                                               "extensions": {"exception": {"code": "str"}}}]}
+            status, result = (
+                400,
+                {"errors": [{"message": "Unable to parse query.", "extensions": {"exception": {"code": "str"}}}]},
+            )
         return status, json.dumps(result, separators=(",", ":")).encode()
 
     def _graphql_one(self, data: dict, caller: dict | None) -> tuple[int, dict]:
         query, variables, operation_name = data.get("query"), data.get("variables") or {}, data.get("operationName")
-        self.graphql_requests.append({"query": query, "variables": variables, "operation_name": operation_name,
-                                      "token": caller and caller["token"], "caller": caller and caller["kind"]})
+        self.graphql_requests.append(
+            {
+                "query": query,
+                "variables": variables,
+                "operation_name": operation_name,
+                "token": caller and caller["token"],
+                "caller": caller and caller["kind"],
+            }
+        )
         if not isinstance(query, str) or not query:
             return 400, {"errors": [_format_error(graphql.GraphQLError("Must provide a query string."))]}
         try:
@@ -923,12 +1236,15 @@ class FakeSaleor:
         errors = graphql.validate(get_schema(), document, rules)
         if errors:
             return 400, {"errors": [_format_error(e) for e in errors], "extensions": self._cost(0)}
-        is_mutation = any(isinstance(d, graphql.OperationDefinitionNode) and d.operation == OperationType.MUTATION
-                          for d in document.definitions)
+        is_mutation = any(
+            isinstance(d, graphql.OperationDefinitionNode) and d.operation == OperationType.MUTATION
+            for d in document.definitions
+        )
         deliveries: list[Delivery] = []
         root = _Root(self, caller, deliveries)
-        result = graphql.execute(get_schema(), document, root_value=root, variable_values=variables,
-                                 operation_name=operation_name)
+        result = graphql.execute(
+            get_schema(), document, root_value=root, variable_values=variables, operation_name=operation_name
+        )
         self._dispatch(deliveries)
         response: dict = {}
         if result.errors:
@@ -979,7 +1295,7 @@ class _Root:
     def shop(self, _info: Any) -> dict:
         return {"fulfillmentAllowUnpaid": self.fake.fulfillment_allow_unpaid}
 
-    def order(self, _info: Any, id: str | None = None, externalReference: str | None = None) -> dict | None:  # noqa: A002, N803
+    def order(self, _info: Any, id: str | None = None, externalReference: str | None = None) -> dict | None:  # noqa: A002
         self._require("MANAGE_ORDERS")
         with self.fake._lock:
             order = self._order(id)
@@ -991,17 +1307,34 @@ class _Root:
         self._require("MANAGE_ORDERS")
         fake = self.fake
         if not message.strip():
-            return {"order": None, "event": None,
-                    code_field: [{"field": "message", "message": "Message can't be empty.", "code": "REQUIRED"}]}
+            return {
+                "order": None,
+                "event": None,
+                code_field: [{"field": "message", "message": "Message can't be empty.", "code": "REQUIRED"}],
+            }
         with fake._lock:
             order = self._order(order_id)
             if order is None:
-                return {"order": None, "event": None, code_field: [
-                    {"field": "order", "message": f"Couldn't resolve to a node: {order_id}", "code": "GRAPHQL_ERROR"}]}
+                return {
+                    "order": None,
+                    "event": None,
+                    code_field: [
+                        {
+                            "field": "order",
+                            "message": f"Couldn't resolve to a node: {order_id}",
+                            "code": "GRAPHQL_ERROR",
+                        }
+                    ],
+                }
             by_app = self.caller["kind"] == "app"
-            event = {"id": gid("OrderEvent", fake._next("OrderEvent")), "date": now_iso(), "type": "NOTE_ADDED",
-                     "message": message, "user": None if by_app else {"__typename": "User", **self.caller["principal"]},
-                     "app": fake._principal_app() if by_app else None}
+            event = {
+                "id": gid("OrderEvent", fake._next("OrderEvent")),
+                "date": now_iso(),
+                "type": "NOTE_ADDED",
+                "message": message,
+                "user": None if by_app else {"__typename": "User", **self.caller["principal"]},
+                "app": fake._principal_app() if by_app else None,
+            }
             order["events"].append(event)
             order["updated_at"] = now_iso()
             self.deliveries += fake._emit(order, "ORDER_UPDATED", self._principal())
@@ -1010,15 +1343,16 @@ class _Root:
     def _principal(self) -> dict:
         return self.caller["principal"]
 
-    def orderNoteAdd(self, _info: Any, order: str, input: dict) -> dict:  # noqa: A002, N802
+    def orderNoteAdd(self, _info: Any, order: str, input: dict) -> dict:  # noqa: A002
         return self._note(order, input["message"], "errors")
 
-    def orderAddNote(self, _info: Any, order: str, input: dict) -> dict:  # noqa: A002, N802
+    def orderAddNote(self, _info: Any, order: str, input: dict) -> dict:  # noqa: A002
         result = self._note(order, input["message"], "errors")
         return {**result, "orderErrors": result["errors"]}
 
-    def _metadata(self, object_id: str, private: bool, update: dict[str, str] | None = None,
-                  delete: list[str] | None = None) -> dict:
+    def _metadata(
+        self, object_id: str, private: bool, update: dict[str, str] | None = None, delete: list[str] | None = None
+    ) -> dict:
         fake = self.fake
         with fake._lock:
             order = self._order(object_id)
@@ -1029,11 +1363,17 @@ class _Root:
                 meta, item = fake.app_metadata[1 if private else 0], None
             else:
                 self._require("MANAGE_ORDERS")
-                return {"item": None, "errors": [
-                    {"field": "id", "message": f"Couldn't resolve to a node: {object_id}", "code": "NOT_FOUND"}]}
+                return {
+                    "item": None,
+                    "errors": [
+                        {"field": "id", "message": f"Couldn't resolve to a node: {object_id}", "code": "NOT_FOUND"}
+                    ],
+                }
             if update is not None and any(not key.strip() for key in update):
-                return {"item": None, "errors": [
-                    {"field": "input", "message": "Metadata key cannot be empty.", "code": "REQUIRED"}]}
+                return {
+                    "item": None,
+                    "errors": [{"field": "input", "message": "Metadata key cannot be empty.", "code": "REQUIRED"}],
+                }
             meta.update(update or {})
             for key in delete or ():
                 meta.pop(key, None)
@@ -1043,38 +1383,59 @@ class _Root:
             self.deliveries += fake._emit(order, "ORDER_METADATA_UPDATED", self._principal())
             return {"item": fake._order_view(order), "errors": []}
 
-    def updatePrivateMetadata(self, _info: Any, id: str, input: list[dict]) -> dict:  # noqa: A002, N802
+    def updatePrivateMetadata(self, _info: Any, id: str, input: list[dict]) -> dict:  # noqa: A002
         return self._metadata(id, True, update={i["key"]: i["value"] for i in input})
 
-    def updateMetadata(self, _info: Any, id: str, input: list[dict]) -> dict:  # noqa: A002, N802
+    def updateMetadata(self, _info: Any, id: str, input: list[dict]) -> dict:  # noqa: A002
         return self._metadata(id, False, update={i["key"]: i["value"] for i in input})
 
-    def deletePrivateMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002, N802
+    def deletePrivateMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002
         return self._metadata(id, True, delete=keys)
 
-    def deleteMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002, N802
+    def deleteMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002
         return self._metadata(id, False, delete=keys)
 
-    def transactionEventReport(self, _info: Any, type: str, pspReference: str, id: str | None = None,  # noqa: A002, N802, N803
-                               amount: Any = None, message: str | None = None,
-                               availableActions: list[str] | None = None, **_ignored: Any) -> dict:
+    def transactionEventReport(
+        self,
+        _info: Any,
+        type: str,  # noqa: A002 - the GraphQL argument is called type
+        pspReference: str,
+        id: str | None = None,  # noqa: A002
+        amount: Any = None,
+        message: str | None = None,
+        availableActions: list[str] | None = None,
+        **_ignored: Any,
+    ) -> dict:
         self._require("HANDLE_PAYMENTS")
         fake = self.fake
         with fake._lock:
             found = next(((o, t) for o in fake._orders.values() for t in o["transactions"] if t["id"] == id), None)
             if found is None:
-                return {"alreadyProcessed": None, "transaction": None, "transactionEvent": None, "errors": [
-                    {"field": "id", "message": f"Couldn't resolve to a node: {id}", "code": "NOT_FOUND"}]}
+                return {
+                    "alreadyProcessed": None,
+                    "transaction": None,
+                    "transactionEvent": None,
+                    "errors": [{"field": "id", "message": f"Couldn't resolve to a node: {id}", "code": "NOT_FOUND"}],
+                }
             order, tx = found
             if self.caller["kind"] != "app" or tx["created_by"]["id"] != fake.app_id:
                 raise PermissionDenied("HANDLE_PAYMENTS")  # only the creating app may report
             value = _dec(amount if amount is not None else 0)
-            same = next((e for e in tx["events"] if e["type"] == type and e["psp_reference"] == pspReference
-                         and e["amount"] == value), None)
+            same = next(
+                (
+                    e
+                    for e in tx["events"]
+                    if e["type"] == type and e["psp_reference"] == pspReference and e["amount"] == value
+                ),
+                None,
+            )
             if same is not None:
-                return {"alreadyProcessed": True, "transaction": fake._transaction_view(order, tx),
-                        "transactionEvent": fake._transaction_view(order, {**tx, "events": [same]})["events"][0],
-                        "errors": []}
+                return {
+                    "alreadyProcessed": True,
+                    "transaction": fake._transaction_view(order, tx),
+                    "transactionEvent": fake._transaction_view(order, {**tx, "events": [same]})["events"][0],
+                    "errors": [],
+                }
             was_fully_paid = fake._order_view(order)["chargeStatus"] in ("FULL", "OVERCHARGED")
             if type == "CHARGE_SUCCESS":
                 tx["authorized"] = max(tx["authorized"] - value, Decimal(0))
@@ -1102,5 +1463,9 @@ class _Root:
                     self.deliveries += fake._emit(order, "ORDER_FULLY_REFUNDED", principal)
             self.deliveries += fake._emit(order, "ORDER_UPDATED", principal)
             tx_view = fake._transaction_view(order, tx)
-            return {"alreadyProcessed": False, "transaction": tx_view, "transactionEvent": tx_view["events"][0],
-                    "errors": []}
+            return {
+                "alreadyProcessed": False,
+                "transaction": tx_view,
+                "transactionEvent": tx_view["events"][0],
+                "errors": [],
+            }

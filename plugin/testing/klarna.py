@@ -1,7 +1,7 @@
 """A stateful, strict fake of Klarna's Order Management API v1 (klarna-om.md §1-§5).
 
 The fake is meant to catch client bugs, so it rejects whatever the real API is documented to
-reject. Request bodies are validated against the OpenAPI copy in ``tests/data`` and the rules
+reject. Request bodies are validated against the OpenAPI copy in ``data/`` and the rules
 the schema cannot express (line arithmetic, tax tolerance, line sums) are checked on top.
 
 Choices where Klarna's behaviour is not documented (keep them in mind when a test fails):
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import json
 import random
@@ -54,11 +55,11 @@ from typing import Any
 import jsonschema
 from werkzeug.wrappers import Request, Response
 
-from tests.fakes.loopback import LoopbackServer
+from plugin.testing.loopback import LoopbackServer
 
-__all__ = ["FakeKlarna", "FakeKlarnaServer", "RecordedRequest", "ROUTES", "SPEC_PATH", "spec_validator"]
+__all__ = ["ROUTES", "SPEC_PATH", "FakeKlarna", "FakeKlarnaServer", "RecordedRequest", "spec_validator"]
 
-SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "klarna-orders.openapi.json"
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "klarna-orders.openapi.json"
 ORDERS = "/ordermanagement/v1/orders/{order_id}"
 AUTH_WINDOW = timedelta(days=28)
 MAX_AUTH_AGE = timedelta(days=180)
@@ -103,8 +104,19 @@ def _resolve(ref: str) -> dict[str, Any]:
     return node
 
 
-_DROPPED_KEYS = {"description", "example", "examples", "format", "xml", "externalDocs", "discriminator",
-                 "deprecated", "readOnly", "writeOnly", "nullable"}
+_DROPPED_KEYS = {
+    "description",
+    "example",
+    "examples",
+    "format",
+    "xml",
+    "externalDocs",
+    "discriminator",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "nullable",
+}
 
 
 def _to_json_schema(node: Any, *, request: bool, closed: bool, seen: tuple[str, ...] = ()) -> Any:
@@ -124,9 +136,11 @@ def _to_json_schema(node: Any, *, request: bool, closed: bool, seen: tuple[str, 
             continue
         if key == "properties":
             out[key] = {name: conv(sub) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
-            out[key] = conv(value)
-        elif key in ("allOf", "anyOf", "oneOf"):
+        elif (key in ("items", "additionalProperties", "not") and isinstance(value, dict)) or key in (
+            "allOf",
+            "anyOf",
+            "oneOf",
+        ):
             out[key] = conv(value)
         elif key == "pattern":
             out[key] = f"^(?:{value})$"
@@ -228,15 +242,33 @@ def _uuid_or_none(value: str) -> uuid.UUID | None:
         return None
 
 
-_LOCALES = {"US": "en-US", "GB": "en-GB", "DE": "de-DE", "SE": "sv-SE", "NO": "nb-NO", "FI": "fi-FI",
-            "DK": "da-DK", "NL": "nl-NL", "AT": "de-AT", "FR": "fr-FR", "AU": "en-AU", "CA": "en-CA"}
+_LOCALES = {
+    "US": "en-US",
+    "GB": "en-GB",
+    "DE": "de-DE",
+    "SE": "sv-SE",
+    "NO": "nb-NO",
+    "FI": "fi-FI",
+    "DK": "da-DK",
+    "NL": "nl-NL",
+    "AT": "de-AT",
+    "FR": "fr-FR",
+    "AU": "en-AU",
+    "CA": "en-CA",
+}
 
 
 class FakeKlarna:
     """In-memory Klarna OM: orders are seeded with ``create_order`` and driven over HTTP."""
 
-    def __init__(self, username: str = "PK_test", password: str = "secret", *,
-                 now: Callable[[], datetime] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        username: str = "PK_test",
+        password: str = "secret",
+        *,
+        now: Callable[[], datetime] | None = None,
+        seed: int = 0,
+    ):
         self.username, self.password = username, password
         self.now = now or (lambda: datetime.now(UTC))
         self.requests: list[RecordedRequest] = []
@@ -253,13 +285,31 @@ class FakeKlarna:
 
     # ------------------------------------------------------------------ test-side API
 
-    def create_order(self, *, order_amount: int, currency: str = "USD", order_lines: list[dict] | None = None,
-                     fraud_status: str = "ACCEPTED", expires_at: datetime | None = None,
-                     order_id: str | None = None, purchase_country: str = "US") -> str:
+    def create_order(
+        self,
+        *,
+        order_amount: int,
+        currency: str = "USD",
+        order_lines: list[dict] | None = None,
+        fraud_status: str = "ACCEPTED",
+        expires_at: datetime | None = None,
+        order_id: str | None = None,
+        purchase_country: str = "US",
+    ) -> str:
         if order_lines is None:
-            order_lines = [{"type": "physical", "reference": "SKU-1", "name": "Item", "quantity": 1,
-                            "unit_price": order_amount, "tax_rate": 0, "total_amount": order_amount,
-                            "total_discount_amount": 0, "total_tax_amount": 0}]
+            order_lines = [
+                {
+                    "type": "physical",
+                    "reference": "SKU-1",
+                    "name": "Item",
+                    "quantity": 1,
+                    "unit_price": order_amount,
+                    "tax_rate": 0,
+                    "total_amount": order_amount,
+                    "total_discount_amount": 0,
+                    "total_tax_amount": 0,
+                }
+            ]
         for line in order_lines:
             spec_validator("order_line", request=True).validate(line)
         try:
@@ -272,14 +322,24 @@ class FakeKlarna:
             if order_id in self._orders:
                 raise ValueError(f"order {order_id} exists")
             self._orders[order_id] = {
-                "order_id": order_id, "status": "AUTHORIZED", "fraud_status": fraud_status,
-                "order_amount": order_amount, "original_order_amount": order_amount,
-                "captured_amount": 0, "refunded_amount": 0, "remaining_authorized_amount": order_amount,
-                "purchase_currency": currency.upper(), "purchase_country": purchase_country.upper(),
+                "order_id": order_id,
+                "status": "AUTHORIZED",
+                "fraud_status": fraud_status,
+                "order_amount": order_amount,
+                "original_order_amount": order_amount,
+                "captured_amount": 0,
+                "refunded_amount": 0,
+                "remaining_authorized_amount": order_amount,
+                "purchase_currency": currency.upper(),
+                "purchase_country": purchase_country.upper(),
                 "locale": _LOCALES.get(purchase_country.upper(), f"en-{purchase_country.upper()}"),
                 "klarna_reference": uuid.uuid4().hex[:7].upper(),
-                "created_at": created, "expires_at": expires_at or created + AUTH_WINDOW,
-                "order_lines": copy.deepcopy(order_lines), "captures": [], "refunds": [], "shipping_info": [],
+                "created_at": created,
+                "expires_at": expires_at or created + AUTH_WINDOW,
+                "order_lines": copy.deepcopy(order_lines),
+                "captures": [],
+                "refunds": [],
+                "shipping_info": [],
             }
         return order_id
 
@@ -291,8 +351,9 @@ class FakeKlarna:
         with self._lock:
             self._orders[order_id]["fraud_status"] = fraud_status
 
-    def inject(self, fault: str, *, times: int = 1, path_contains: str = "", method: str | None = None,
-               seconds: float = 0.0) -> None:
+    def inject(
+        self, fault: str, *, times: int = 1, path_contains: str = "", method: str | None = None, seconds: float = 0.0
+    ) -> None:
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
         with self._lock:
@@ -343,9 +404,11 @@ class FakeKlarna:
         while self._window and self._window[0] <= tick - 1.0:
             self._window.popleft()
         limit = self.rate_limit_per_second or PLAYGROUND_RATE_LIMIT
-        headers = [("X-Ratelimit-Limit", f"{limit}, {limit};w=1"),
-                   ("X-Ratelimit-Remaining", str(max(0, limit - len(self._window)))),
-                   ("X-Ratelimit-Reset", "1")]
+        headers = [
+            ("X-Ratelimit-Limit", f"{limit}, {limit};w=1"),
+            ("X-Ratelimit-Remaining", str(max(0, limit - len(self._window)))),
+            ("X-Ratelimit-Reset", "1"),
+        ]
         return self.rate_limit_per_second is not None and len(self._window) > limit, headers
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
@@ -361,10 +424,8 @@ class FakeKlarna:
         if sock is None:
             time.sleep(seconds)
             return
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _handle(self, request: Request, raw: bytes, key: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
         try:
@@ -397,8 +458,12 @@ class FakeKlarna:
         except (binascii.Error, UnicodeDecodeError):
             sep = ""
         if scheme.lower() != "basic" or not sep or (user, password) != (self.username, self.password):
-            raise KlarnaError(401, "UNAUTHORIZED", "Unauthorized. Check the API credentials.",
-                              headers=(("WWW-Authenticate", 'Basic realm="Klarna API"'),))
+            raise KlarnaError(
+                401,
+                "UNAUTHORIZED",
+                "Unauthorized. Check the API credentials.",
+                headers=(("WWW-Authenticate", 'Basic realm="Klarna API"'),),
+            )
         return user
 
     @staticmethod
@@ -411,8 +476,12 @@ class FakeKlarna:
             if match:
                 allowed.append(route_method)
         if allowed:
-            raise KlarnaError(405, "METHOD_NOT_ALLOWED", f"Method {method} is not allowed on {path}.",
-                              headers=(("Allow", ", ".join(allowed)),))
+            raise KlarnaError(
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"Method {method} is not allowed on {path}.",
+                headers=(("Allow", ", ".join(allowed)),),
+            )
         raise KlarnaError(404, "NOT_FOUND", f"No such resource: {path}")
 
     @staticmethod
@@ -458,17 +527,38 @@ class FakeKlarna:
         return order
 
     def _expired(self, order: dict[str, Any]) -> bool:
-        return order["status"] == "EXPIRED" or (order["status"] == "PART_CAPTURED" and self.now() >= order["expires_at"])
+        return order["status"] == "EXPIRED" or (
+            order["status"] == "PART_CAPTURED" and self.now() >= order["expires_at"]
+        )
 
     # ------------------------------------------------------------------ views
 
     def _order_view(self, o: dict[str, Any]) -> dict[str, Any]:
-        view = {k: o[k] for k in ("order_id", "status", "fraud_status", "order_amount", "original_order_amount",
-                                  "captured_amount", "refunded_amount", "remaining_authorized_amount",
-                                  "purchase_currency", "purchase_country", "locale", "klarna_reference")}
-        view |= {"created_at": _iso(o["created_at"]), "expires_at": _iso(o["expires_at"]),
-                 "order_lines": o["order_lines"], "captures": o["captures"], "refunds": o["refunds"],
-                 "shipping_info": o["shipping_info"]}
+        view = {
+            k: o[k]
+            for k in (
+                "order_id",
+                "status",
+                "fraud_status",
+                "order_amount",
+                "original_order_amount",
+                "captured_amount",
+                "refunded_amount",
+                "remaining_authorized_amount",
+                "purchase_currency",
+                "purchase_country",
+                "locale",
+                "klarna_reference",
+            )
+        }
+        view |= {
+            "created_at": _iso(o["created_at"]),
+            "expires_at": _iso(o["expires_at"]),
+            "order_lines": o["order_lines"],
+            "captures": o["captures"],
+            "refunds": o["refunds"],
+            "shipping_info": o["shipping_info"],
+        }
         return copy.deepcopy(view)
 
     @staticmethod
@@ -487,7 +577,11 @@ class FakeKlarna:
         return 200, [], copy.deepcopy(o["captures"])
 
     def _get_capture(self, o, body, match, request):
-        return 200, [], copy.deepcopy(self._find(o["captures"], "capture_id", match["capture_id"], "NO_SUCH_CAPTURE", "Capture"))
+        return (
+            200,
+            [],
+            copy.deepcopy(self._find(o["captures"], "capture_id", match["capture_id"], "NO_SUCH_CAPTURE", "Capture")),
+        )
 
     def _get_refund(self, o, body, match, request):
         return 200, [], copy.deepcopy(self._find(o["refunds"], "refund_id", match["refund_id"], "NOT_FOUND", "Refund"))
@@ -504,11 +598,16 @@ class FakeKlarna:
         if amount > o["remaining_authorized_amount"]:
             raise deny("Captured amount is higher than the remaining authorized amount. Capture not possible.")
         capture_id = str(uuid.uuid4())
-        capture = {"capture_id": capture_id, "klarna_reference": f"{o['klarna_reference']}-{len(o['captures']) + 1}",
-                   "captured_amount": amount, "captured_at": _iso(self.now()),
-                   **{k: body[k] for k in ("description", "reference") if k in body},
-                   "order_lines": copy.deepcopy(body.get("order_lines", [])), "refunded_amount": 0,
-                   "shipping_info": copy.deepcopy(body.get("shipping_info", []))}
+        capture = {
+            "capture_id": capture_id,
+            "klarna_reference": f"{o['klarna_reference']}-{len(o['captures']) + 1}",
+            "captured_amount": amount,
+            "captured_at": _iso(self.now()),
+            **{k: body[k] for k in ("description", "reference") if k in body},
+            "order_lines": copy.deepcopy(body.get("order_lines", [])),
+            "refunded_amount": 0,
+            "shipping_info": copy.deepcopy(body.get("shipping_info", [])),
+        }
         o["captures"].append(capture)
         o["captured_amount"] += amount
         o["remaining_authorized_amount"] -= amount
@@ -533,17 +632,26 @@ class FakeKlarna:
         if o["captured_amount"] == 0:
             raise KlarnaError(403, "REFUND_NOT_ALLOWED", "Order has no captures. Refund not possible.")
         if amount > o["captured_amount"] - o["refunded_amount"]:
-            raise KlarnaError(403, "REFUND_NOT_ALLOWED",
-                              "Refunded amount is higher than the captured amount not yet refunded. Refund not possible.")
+            raise KlarnaError(
+                403,
+                "REFUND_NOT_ALLOWED",
+                "Refunded amount is higher than the captured amount not yet refunded. Refund not possible.",
+            )
         left = amount
         for capture in o["captures"]:  # FIFO allocation onto captures
             part = min(left, capture["captured_amount"] - capture["refunded_amount"])
             capture["refunded_amount"] += part
             left -= part
         refund_id = str(uuid.uuid4())
-        o["refunds"].append({"refund_id": refund_id, "refunded_amount": amount, "refunded_at": _iso(self.now()),
-                             **{k: body[k] for k in ("description", "reference") if k in body},
-                             "order_lines": copy.deepcopy(body.get("order_lines", []))})
+        o["refunds"].append(
+            {
+                "refund_id": refund_id,
+                "refunded_amount": amount,
+                "refunded_at": _iso(self.now()),
+                **{k: body[k] for k in ("description", "reference") if k in body},
+                "order_lines": copy.deepcopy(body.get("order_lines", [])),
+            }
+        )
         o["refunded_amount"] += amount
         self._counts["refunds"] += 1
         location = f"{request.host_url.rstrip('/')}{request.path}/{refund_id}"
@@ -577,7 +685,9 @@ class FakeKlarna:
 
     def _extend(self, o, body, match, request):
         if o["status"] == "CANCELLED" or self._expired(o):
-            raise KlarnaError(403, "NOT_ALLOWED", "Order is expired or cancelled. Authorization time cannot be extended.")
+            raise KlarnaError(
+                403, "NOT_ALLOWED", "Order is expired or cancelled. Authorization time cannot be extended."
+            )
         target = min(self.now() + AUTH_WINDOW, o["created_at"] + MAX_AUTH_AGE)
         o["expires_at"] = max(o["expires_at"], target)
         self._counts["extensions"] += 1
@@ -604,11 +714,15 @@ def _check_lines(body: dict[str, Any], amount_field: str, amount: int) -> None:
             total = line["total_amount"]
             calculated = total - Fraction(total * 10000, 10000 + rate)
             if abs(tax - calculated) > 1:
-                messages.append(f"Bad value: order_lines[{i}].total_tax_amount differs from the calculated "
-                                f"value [{round(calculated)}] by more than [1]")
+                messages.append(
+                    f"Bad value: order_lines[{i}].total_tax_amount differs from the calculated "
+                    f"value [{round(calculated)}] by more than [1]"
+                )
     if lines and not messages and sum(line["total_amount"] for line in lines) != amount:
-        messages.append(f"Bad value: order_lines: the sum of total_amount [{sum(ln['total_amount'] for ln in lines)}]"
-                        f" does not match {amount_field} [{amount}]")
+        messages.append(
+            f"Bad value: order_lines: the sum of total_amount [{sum(ln['total_amount'] for ln in lines)}]"
+            f" does not match {amount_field} [{amount}]"
+        )
     if messages:
         raise KlarnaError(400, "BAD_VALUE", *messages)
 

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import replace
 from datetime import UTC
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import click
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from plugin.app import Services, create_app
 from plugin.db import NotMigratedError
 from plugin.db.models import Installation, ProcessException
-from plugin.services import queue
+from plugin.services import pending, queue
 from plugin.services.merchant import SettingsInvalid, validate
 from plugin.settings import ConfigError, Settings
+from plugin.startup import database_error, database_location, next_step, public_url_problems
+
+logger = logging.getLogger("plugin.cli")
+# What a database that cannot be used raises: the driver's errors, a URL SQLAlchemy cannot use, a
+# SQLite folder that cannot be created.
+DATABASE_ERRORS = (OperationalError, InterfaceError, ArgumentError, OSError)
+_DATABASE_URL = "klarna_om.database_url"  # click context meta: the URL the command opened
 
 
 def _settings() -> Settings:
@@ -29,9 +39,15 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _services(*, require_migrated: bool = True, wait: float = 15.0) -> Services:
+def _build(settings: Settings) -> Services:
+    """Services for ``settings``; notes the database URL so that any database error names it."""
+    click.get_current_context().meta[_DATABASE_URL] = settings.database_url
+    return Services.build(settings)
+
+
+def _services(*, require_migrated: bool = True, wait: float = 0.0) -> Services:
     """Services for a command; waits up to ``wait`` seconds for the database to answer."""
-    services = Services.build(_settings())
+    services = _build(_settings())
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -41,11 +57,31 @@ def _services(*, require_migrated: bool = True, wait: float = 15.0) -> Services:
                 services.db.current_revision()
             return services
         except NotMigratedError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (OperationalError, InterfaceError) as exc:
+            raise click.ClickException(f"{exc} (database: {database_location(services.db.url)})") from None
+        except (OperationalError, InterfaceError):
             if time.monotonic() >= deadline:
-                raise click.ClickException(f"the database does not answer: {exc.__class__.__name__}") from None
+                raise
             time.sleep(0.5)
+
+
+class _Main(click.Group):
+    """The command group: a database that cannot be used is one line (what, where, the fix), not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DATABASE_ERRORS as exc:
+            url = ctx.meta.get(_DATABASE_URL)
+            if url is None:  # not a database error: the command never opened one
+                raise
+            raise click.ClickException(database_error(url, exc)) from None
+
+
+def _version() -> str:
+    try:
+        return version("klarna-om-saleor")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without an install
+        return "unknown"
 
 
 def _setup_logging(level: str) -> None:
@@ -54,14 +90,38 @@ def _setup_logging(level: str) -> None:
     configure(level)
 
 
-@click.group()
+def announce(settings: Settings, listening: str) -> None:
+    """The start-up lines, in the log format: where it serves, what cannot work for Saleor, the next step."""
+    manifest = f"{settings.public_base}/api/manifest"
+    logger.info(
+        "serving",
+        extra={"listening": listening, "manifest_url": manifest, "database": database_location(settings.database_url)},
+    )
+    for problem in public_url_problems(settings.public_url):
+        logger.warning(
+            f"public URL {settings.public_base} may not work for Saleor: {problem.reason}",
+            extra={"public_url": settings.public_base, "fix": problem.fix},
+        )
+    logger.info(next_step(settings.public_base), extra={"manifest_url": manifest})
+
+
+@click.group(cls=_Main)
+@click.version_option(_version(), "--version", "-V", prog_name="klarna-om", message="%(prog)s %(version)s")
 def main() -> None:
-    """Klarna Order Management for Saleor."""
+    """Klarna Order Management for Saleor: captures, cancels and refunds Klarna payments as Saleor orders change.
+
+    Start with `klarna-om serve`, then install the app from the Saleor dashboard (see the README).
+    """
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 for every interface (a Saleor in Docker or on another machine).",
+)
+@click.option("--port", default=5000, show_default=True, type=int, help="TCP port to listen on.")
 @click.option(
     "--migrate/--no-migrate", default=None, help="Migrate first (default: only on the embedded SQLite database)."
 )
@@ -81,15 +141,21 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
     if "KLARNA_APP_PUBLIC_URL" not in os.environ:
         settings = replace(settings, public_url=f"http://{host}:{port}")
     _setup_logging(settings.log_level)
-    services = Services.build(settings)
+    services = _build(settings)
     embedded = settings.database_url.startswith("sqlite") and "DATABASE_URL" not in os.environ
     if migrate if migrate is not None else embedded:
         services.db.upgrade()
     try:
         services.db.check_migrated()
     except NotMigratedError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} (database: {database_location(settings.database_url)})") from None
     app = create_app(services=services)
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; fix: choose another --port or stop what uses it"
+        ) from None
     worker = None
     if with_worker if with_worker is not None else settings.worker_in_process:
         worker = Worker(
@@ -97,8 +163,7 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
         )
         app.extensions["klarna_om_worker"] = worker
         worker.start_thread()
-    server = make_server(host, port, app, threaded=True)
-    click.echo(f"Klarna OM serving on http://{host}:{port} (manifest: {settings.public_base}/api/manifest)")
+    announce(settings, f"http://{host}:{port}")
 
     def _stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -116,11 +181,18 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
 
 @main.command()
 @click.option("--concurrency", type=int, default=None, help="Jobs run at once (default KLARNA_APP_WORKER_CONCURRENCY).")
-def worker(concurrency: int | None) -> None:
+@click.option(
+    "--wait-for-database",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for the database to answer at start (a database starting beside the worker).",
+)
+def worker(concurrency: int | None, wait_for_database: float) -> None:
     """Run a worker process: claims sync-order jobs from the shared database."""
     from plugin.worker import Worker
 
-    services = _services()
+    services = _services(wait=wait_for_database)
     _setup_logging(services.settings.log_level)
     w = Worker(
         services.sync_deps(),
@@ -150,27 +222,40 @@ def db() -> None:
 @db.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
-    """Migrate the database to REVISION (default: head)."""
+    """Migrate the database to REVISION (default: head, the newest)."""
     services = _services(require_migrated=False)
     services.db.upgrade(revision)
-    click.echo(f"database at {services.db.current_revision()}")
+    click.echo(f"database at {services.db.current_revision()} ({database_location(services.db.url)})")
 
 
 @db.command("current")
 def db_current() -> None:
     """Print the database's revision and the code's head."""
     services = _services(require_migrated=False)
-    click.echo(f"current {services.db.current_revision()} head {services.db.head_revision()}")
+    where = database_location(services.db.url)
+    click.echo(f"database {where}: current {services.db.current_revision()} head {services.db.head_revision()}")
+
+
+SALEOR_URL_HELP = (
+    "The Saleor API URL (https://shop.example.com/graphql/); needed when several Saleors installed the app."
+)
 
 
 def _installation(session, saleor_api_url: str | None) -> Installation:  # type: ignore[no-untyped-def]
     rows = session.scalars(select(Installation)).all()
+    installed = ", ".join(r.saleor_api_url for r in rows) or "none"
     if saleor_api_url:
-        rows = [r for r in rows if r.saleor_api_url == saleor_api_url]
+        key = pending.same_saleor(saleor_api_url)
+        match = [r for r in rows if pending.same_saleor(r.saleor_api_url) == key]
+        if not match:
+            raise click.ClickException(
+                f"this Saleor has not installed the app yet: {saleor_api_url} (installed: {installed})"
+            )
+        return match[0]  # type: ignore[no-any-return]  # (untyped session: SQLAlchemy rows)
     if len(rows) != 1:
-        urls = ", ".join(r.saleor_api_url for r in rows) or "none"
-        raise click.ClickException(f"pick one installation with --saleor-api-url (installed: {urls})")
-    return rows[0]
+        hint = "no Saleor has installed the app yet" if not rows else f"installed: {installed}"
+        raise click.ClickException(f"pick one installation with --saleor-api-url ({hint})")
+    return rows[0]  # type: ignore[no-any-return]  # (untyped session: SQLAlchemy rows)
 
 
 @main.group("settings")
@@ -179,7 +264,7 @@ def settings_group() -> None:
 
 
 @settings_group.command("export")
-@click.option("--saleor-api-url", default=None)
+@click.option("--saleor-api-url", default=None, help=SALEOR_URL_HELP)
 def settings_export(saleor_api_url: str | None) -> None:
     """Print the settings as JSON; passwords are left out."""
     services = _services()
@@ -194,7 +279,12 @@ def settings_export(saleor_api_url: str | None) -> None:
 
 @settings_group.command("import")
 @click.argument("file", type=click.File("r"))
-@click.option("--saleor-api-url", default=None)
+@click.option(
+    "--saleor-api-url",
+    default=None,
+    help=SALEOR_URL_HELP + " Default: the file's saleor_api_url. A Saleor that has not installed the app "
+    "yet gets the settings when it installs it.",
+)
 def settings_import(file, saleor_api_url: str | None) -> None:  # type: ignore[no-untyped-def]
     """Validate and store settings from FILE (the export format, passwords optional)."""
     try:
@@ -204,9 +294,21 @@ def settings_import(file, saleor_api_url: str | None) -> None:  # type: ignore[n
     channels = doc.get("channels") if isinstance(doc, dict) else None
     if not isinstance(channels, list):
         raise click.ClickException('expected {"channels": [...]}')
+    target = saleor_api_url or (doc.get("saleor_api_url") if isinstance(doc.get("saleor_api_url"), str) else None)
     services = _services()
     with services.db.transaction() as session:
-        inst = _installation(session, saleor_api_url or doc.get("saleor_api_url"))
+        installed = session.scalars(select(Installation.saleor_api_url)).all()
+        if target and not any(pending.same_saleor(url) == pending.same_saleor(target) for url in installed):
+            for index, channel in enumerate(channels):
+                _parsed_channel(index, channel, None)
+            documents = [{k: v for k, v in channel.items() if k != "password_set"} for channel in channels]
+            pending.stage(session, services.box, target, documents)
+            click.echo(
+                f"this Saleor has not installed the app yet ({target}): kept settings for {len(documents)} "
+                "channel(s); they apply when it installs the app"
+            )
+            return
+        inst = _installation(session, target)
         parsed = []
         for index, channel in enumerate(channels):
             existing = (
@@ -214,15 +316,19 @@ def settings_import(file, saleor_api_url: str | None) -> None:  # type: ignore[n
                 if isinstance(channel, dict)
                 else None
             )
-            try:
-                parsed.append(validate({k: v for k, v in channel.items() if k != "password_set"}, existing=existing))
-            except SettingsInvalid as exc:
-                raise click.ClickException(f"channels[{index}]: {exc}") from None
-            except AttributeError:
-                raise click.ClickException(f"channels[{index}]: expected an object") from None
+            parsed.append(_parsed_channel(index, channel, existing))
         for merchant in parsed:
             services.store.save(session, inst.saleor_api_url, merchant)
-    click.echo(f"stored settings for {len(parsed)} channel(s)")
+    click.echo(f"stored settings for {len(parsed)} channel(s) of {inst.saleor_api_url}")
+
+
+def _parsed_channel(index: int, channel: Any, existing: Any) -> Any:
+    if not isinstance(channel, dict):
+        raise click.ClickException(f"channels[{index}]: expected an object")
+    try:
+        return validate({k: v for k, v in channel.items() if k != "password_set"}, existing=existing)
+    except SettingsInvalid as exc:
+        raise click.ClickException(f"channels[{index}]: {exc}") from None
 
 
 @main.group()
@@ -235,6 +341,7 @@ def ops() -> None:
 def ops_list(show_all: bool) -> None:
     """List process exceptions (open ones by default) and the jobs queue."""
     services = _services()
+    click.echo(f"database {database_location(services.db.url)}")
     with services.db.transaction() as session:
         query = select(ProcessException).order_by(ProcessException.id)
         if not show_all:

@@ -17,7 +17,19 @@ from urllib.parse import urlsplit
 
 PREFIX = "KLARNA_APP_"
 T = TypeVar("T", int, float)
-DEFAULT_INSTANCE = Path.cwd() / "instance"
+APP_ENVIRONMENTS = ("development", "production")
+
+
+def _default_instance() -> Path:
+    """Not the working directory: the checkout's ``instance/`` from source, else the user's data folder."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations").is_dir():
+        return checkout / "instance"
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "klarna-om"
+
+
+DEFAULT_INSTANCE = _default_instance()
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -53,14 +65,17 @@ class Settings:
         def get(name: str, default: str = "") -> str:
             return env.get(PREFIX + name, default).strip()
 
-        instance = Path(get("INSTANCE_PATH") or DEFAULT_INSTANCE)
+        instance = Path(get("INSTANCE_PATH") or DEFAULT_INSTANCE).resolve()
+        app_env = get("ENV", "development").lower()
+        if app_env not in APP_ENVIRONMENTS:
+            raise ConfigError(f"{PREFIX}ENV must be development or production, got {get('ENV')!r}")
         settings = cls(
             public_url=get("PUBLIC_URL", cls.public_url),
             database_url=env.get("DATABASE_URL", "").strip(),
             secret_keys=_split(get("SECRET_KEYS")),
             allowed_saleor_urls=_split(get("ALLOWED_SALEOR_URLS")),
             log_level=get("LOG_LEVEL", "INFO").upper(),
-            production=get("ENV", "development").lower() == "production",
+            production=app_env == "production",
             instance_path=instance,
             klarna_base_url=env.get("KLARNA_BASE_URL", "").strip() or None,
             max_body_bytes=_int(get("MAX_BODY_BYTES"), cls.max_body_bytes, "MAX_BODY_BYTES"),

@@ -187,3 +187,16 @@ class ProcessException(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")  # open, retried, dismissed
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PendingSettings(Base):
+    """Settings imported before their Saleor installed the app; applied, then deleted, when it installs."""
+
+    __tablename__ = "pending_settings"
+    __table_args__ = (UniqueConstraint("saleor_api_url", "channel_slug"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    saleor_api_url: Mapped[str] = mapped_column(String(512))  # no foreign key: the installation does not exist yet
+    channel_slug: Mapped[str] = mapped_column(String(255))
+    document_encrypted: Mapped[str] = mapped_column(Text)  # the channel's import document, password included
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

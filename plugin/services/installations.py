@@ -15,6 +15,8 @@ from plugin.crypto import SecretBox
 from plugin.db import Database
 from plugin.db.models import Installation, utcnow
 from plugin.saleor import jws
+from plugin.services import pending
+from plugin.services.merchant import SettingsStore
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def save(session: Session, box: SecretBox, *, saleor_api_url: str, app_id: str, 
             jwks=jwks_text, installed_at=utcnow(),
         )
     )  # fmt: skip
+    pending.apply(session, SettingsStore(box), saleor_api_url)  # settings imported before the install
 
 
 def remove(session: Session, saleor_api_url: str) -> None:

@@ -103,10 +103,10 @@ def validate(data: dict[str, Any], *, existing: MerchantSettings | None = None) 
             errors[key] = "one of none, capture, cancel, refund"
             continue
         allowed = SENSIBLE.get(status)
-        if allowed is None and status not in ORDER_STATUSES:
-            # Other platforms' statuses (processing, completed, cancelled) map freely.
-            mapping[status] = parsed
-        elif allowed is not None and parsed not in allowed:
+        if allowed is None:
+            # A misspelt status (FULLFILLED) would sit beside the real one and never apply.
+            errors[key] = f"{status!r} is not a Saleor order status; valid: {', '.join(ORDER_STATUSES)}"
+        elif parsed not in allowed:
             errors[key] = f"{parsed.value} makes no sense for {status} orders"
         else:
             mapping[status] = parsed

@@ -6,7 +6,9 @@ the dashboard's token. So the pages themselves need no authentication, and set n
 
 from __future__ import annotations
 
-from flask import Response, make_response, render_template, request
+from importlib import resources
+
+from flask import Response, current_app, make_response, render_template, request
 
 from dashboard_ext import bp
 from plugin.domain.model import ORDER_STATUSES, Action
@@ -69,3 +71,34 @@ def app_page() -> Response:
 def order_widget() -> Response:
     """The order-details widget (a popup on Saleor < 3.22): Klarna's state of one order."""
     return _page("dashboard_ext/widget.html")
+
+
+# -- the public pages the manifest links to (homepageUrl, supportUrl, dataPrivacyUrl) -------------
+
+
+@bp.get("/")
+def home() -> Response:
+    """What the app does and how to install it (the manifest's homepageUrl)."""
+    public_base = current_app.extensions["klarna_om"].settings.public_base
+    return _page("dashboard_ext/public/home.html", manifest_url=f"{public_base}/api/manifest")
+
+
+@bp.get("/support")
+def support() -> Response:
+    """How to get help (the manifest's supportUrl)."""
+    return _page("dashboard_ext/public/support.html")
+
+
+@bp.get("/privacy")
+def privacy() -> Response:
+    """What the app stores about a shop and its customers, and for how long (the manifest's dataPrivacyUrl)."""
+    return _page("dashboard_ext/public/privacy.html")
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """The app's logo; browsers ask for /favicon.ico whatever a page says."""
+    data = resources.files("webhooks").joinpath("logo.png").read_bytes()
+    response = current_app.response_class(data, mimetype="image/png")
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return response

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -50,6 +51,8 @@ class Services:
             box=box,
             store=SettingsStore(box),
         )
+        services.fetch_app_id = _explained("the app id could not be read from Saleor", saleor_client.fetch_app_id)
+        services.fetch_jwks = _explained("Saleor's JWKS could not be fetched", saleor_client.fetch_jwks)
         services.saleor_for = services._saleor_client
         services.klarna_for = services._klarna_client
         services.jwks_verifier = JwksVerifier(services.db, lambda url: services.fetch_jwks(url))
@@ -85,6 +88,63 @@ class Services:
         )  # fmt: skip
 
 
+def _explained(what: str, call: Callable[..., str]) -> Callable[..., str]:
+    """``call`` (a register step against Saleor), logging why it failed: the answer to Saleor only has a code."""
+
+    def explained(saleor_api_url: str, *args: Any) -> str:
+        try:
+            return call(saleor_api_url, *args)
+        except Exception as exc:
+            logger.warning(what, extra={"saleor_api_url": saleor_api_url, "reason": _reason(exc)})
+            raise
+
+    return explained
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a short reason: its class and first line (URLs, never tokens)."""
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+
+
+def _refusal(response: Response) -> dict[str, Any]:
+    """What a 4xx/5xx JSON answer said: the code and message of every error shape the app answers with."""
+    body = response.get_json(silent=True) if response.is_json else None
+    if not isinstance(body, dict):
+        return {}
+    error = body.get("error")
+    if isinstance(error, dict):
+        return {"code": error.get("code") or error.get("type"), "reason": error.get("message")}
+    if isinstance(body.get("errors"), dict):  # field validation: the field names and messages
+        return {"code": "INVALID", "reason": "; ".join(f"{k}: {v}" for k, v in body["errors"].items())[:500]}
+    return {}
+
+
+def log_requests(app: Flask) -> None:
+    """One log line per request: method, path (no query string), status, duration; refusals with their reason."""
+
+    @app.before_request
+    def _start_clock() -> None:
+        g.klarna_om_started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response: Response) -> Response:
+        started = g.get("klarna_om_started")
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path[:200],
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1) if started else None,
+        }
+        level = logging.INFO
+        if response.status_code >= 400:
+            fields.update(_refusal(response))
+            level = logging.ERROR if response.status_code >= 500 else logging.WARNING
+        if logger.isEnabledFor(level):
+            logger.log(level, "request refused" if response.status_code >= 400 else "request", extra=fields)
+        return response
+
+
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Flask:
     """Build the Flask app. ``settings`` default to the environment; ``services`` to real adapters."""
     if services is None:
@@ -104,6 +164,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(dashboard_bp)
+    log_requests(app)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from flask import Response, current_app, jsonify, request
 
 from dashboard_ext import bp
 from dashboard_ext.auth import CONFIGURE, HANDLE_EXCEPTIONS, READ, Caller, Refused, authorize
-from plugin.db.models import Installation
+from plugin.db.models import Installation, ProcessException
 from plugin.klarna.client import KlarnaOrdersClient
 from plugin.saleor.client import SaleorError
 from plugin.services import dashboard
@@ -86,7 +86,7 @@ def get_settings() -> Any:
         view = dashboard.settings_view(session, services.store, caller.saleor_api_url, channels)
     return jsonify(
         **view, saleor_error=saleor_error, fulfillment_allow_unpaid=allow_unpaid,
-        klarna_base_url_override=bool(services.settings.klarna_base_url), can_configure=caller.may(CONFIGURE),
+        can_configure=caller.may(CONFIGURE), defaults=dashboard.default_settings(),
     )  # fmt: skip
 
 
@@ -160,7 +160,7 @@ def list_operations() -> Any:
         return _invalid({"state": f"one of {', '.join(dashboard.OPERATION_STATES)}"})
     with _services().db.transaction() as session:
         rows = dashboard.operations(session, caller.saleor_api_url, state=state, limit=_limit(50))
-    return jsonify(operations=rows)
+    return jsonify(operations=dashboard.with_order_numbers(_saleor(caller), rows))
 
 
 @bp.get(f"{API}/exceptions")
@@ -168,20 +168,31 @@ def list_exceptions() -> Any:
     """Open process exceptions and their count."""
     caller = authorize(READ)
     with _services().db.transaction() as session:
-        return jsonify(dashboard.open_exceptions(session, caller.saleor_api_url, limit=_limit(100)))
+        view = dashboard.open_exceptions(session, caller.saleor_api_url, limit=_limit(100))
+    view["exceptions"] = dashboard.with_order_numbers(_saleor(caller), view["exceptions"])
+    return jsonify(view)
 
 
-def _resolve(exception_id: int, action: Any) -> Any:
+RESOLVED = {
+    "retry": "Retrying {order}: queued for a new attempt at Klarna",
+    "dismiss": "Exception for {order} dismissed",
+}
+
+
+def _resolve(exception_id: int, action: Any, verb: str) -> Any:
     caller = authorize(HANDLE_EXCEPTIONS)
     with _services().db.transaction() as session:
         try:
-            message = action(session, caller.saleor_api_url, exception_id)
+            action(session, caller.saleor_api_url, exception_id)
+            order_id = session.get(ProcessException, exception_id).order_id
         except dashboard.NoSuchException:
             return jsonify(error={"type": "NOT_FOUND", "message": f"No exception #{exception_id}"}), 404
         except dashboard.NotOpen as exc:
             return jsonify(error={"type": "NOT_OPEN", "message": f"Exception #{exception_id} is already {exc}"}), 409
     with _services().db.transaction() as session:
         count = dashboard.open_exceptions(session, caller.saleor_api_url, limit=1)["open_count"]
+    numbered = dashboard.with_order_numbers(_saleor(caller), [{"order_id": order_id}])[0]
+    message = RESOLVED[verb].format(order=dashboard.order_label(numbered["order_number"]))
     worker = current_app.extensions.get("klarna_om_worker")
     if worker is not None:
         worker.wake()  # a retry queued the order; an in-process worker picks it up now
@@ -191,13 +202,13 @@ def _resolve(exception_id: int, action: Any) -> Any:
 @bp.post(f"{API}/exceptions/<int(min=1, max=9223372036854775807):exception_id>/retry")
 def retry_exception(exception_id: int) -> Any:
     """Retry the failed operation behind the exception (a fresh idempotency key) and resync the order."""
-    return _resolve(exception_id, dashboard.retry_open_exception)
+    return _resolve(exception_id, dashboard.retry_open_exception, "retry")
 
 
 @bp.post(f"{API}/exceptions/<int(min=1, max=9223372036854775807):exception_id>/dismiss")
 def dismiss_exception(exception_id: int) -> Any:
     """Close the exception without acting."""
-    return _resolve(exception_id, dashboard.dismiss_exception)
+    return _resolve(exception_id, dashboard.dismiss_exception, "dismiss")
 
 
 # -- the order widget -------------------------------------------------------------------------

@@ -51,9 +51,6 @@
       renderChannelSelect();
       showChannel();
       renderUnpaidCallout(data.fulfillment_allow_unpaid);
-      var override = $("override-help");
-      override.hidden = !data.klarna_base_url_override;
-      override.textContent = "KLARNA_BASE_URL is set: every Klarna call goes to that address, whatever the region.";
       if (!data.can_configure) {
         Array.prototype.forEach.call(form.elements, function (el) { if (el.id !== "channel-select") el.disabled = true; });
         $("save-button").disabled = $("discard-button").disabled = $("test-button").disabled = true;
@@ -91,24 +88,15 @@
     if (state.data.saleor_error) help += " Saleor's channel list is unavailable (" + state.data.saleor_error + ").";
     $("channel-help").textContent = help;
     $("inherit-button").hidden = c.slug === "*" || !c.own_settings || !state.canConfigure;
+    $("defaults-button").hidden = !state.canConfigure;
 
     field("region").value = s.region;
     field("environment").value = s.environment;
     field("username").value = s.username;
     field("password").value = "";
     field("password").placeholder = s.password_set ? "•••••••• stored; type to replace" : "";
-    var pill = $("password-state");
-    pill.className = "pill " + (s.password_set ? "pill-success" : "pill-warning");
-    pill.textContent = s.password_set ? "Set" : "Not set";
-    $("password-help").textContent = s.password_set
-      ? "Leave empty to keep the stored password." : "Needed before the app can call Klarna.";
-    state.data.statuses.forEach(function (status) { field("mapping." + status).value = s.mapping[status] || "none"; });
-    Array.prototype.forEach.call(form.querySelectorAll('input[name="options.shipping_with"]'), function (radio) {
-      radio.checked = radio.value === s.options.shipping_with;
-    });
-    ["send_tracking", "write_notes", "refund_shipping_on_full_return"].forEach(function (name) {
-      field("options." + name).checked = !!s.options[name];
-    });
+    showPasswordState(s.password_set ? "set" : "unset");
+    showMappingAndOptions(s.mapping, s.options);
     var key = field("options.klarna_id_metadata_key");
     key.value = s.options.klarna_id_metadata_key;
     // The worker reads the key before it knows the order's channel, so only "*" sets it.
@@ -119,6 +107,30 @@
     $("test-result").textContent = "";
     clearErrors();
     setDirty(false);
+  }
+
+  // The password's badge: stored, missing, or typed and accepted by Klarna but not saved yet.
+  var PASSWORD_STATES = {
+    set: ["pill-success", "Set", "Leave empty to keep the stored password."],
+    unset: ["pill-warning", "Not set", "Needed before the app can call Klarna."],
+    tested: ["pill-info", "Tested, not saved", "Klarna accepted this password. Save to keep it."],
+  };
+  function showPasswordState(name) {
+    var look = PASSWORD_STATES[name];
+    var pill = $("password-state");
+    pill.className = "pill " + look[0];
+    pill.textContent = look[1];
+    $("password-help").textContent = look[2];
+  }
+
+  function showMappingAndOptions(mapping, options) {
+    state.data.statuses.forEach(function (status) { field("mapping." + status).value = mapping[status] || "none"; });
+    Array.prototype.forEach.call(form.querySelectorAll('input[name="options.shipping_with"]'), function (radio) {
+      radio.checked = radio.value === options.shipping_with;
+    });
+    ["send_tracking", "write_notes", "refund_shipping_on_full_return"].forEach(function (name) {
+      field("options." + name).checked = !!options[name];
+    });
   }
 
   function renderUnpaidCallout(allowUnpaid) {
@@ -166,9 +178,12 @@
   }
 
   function setSaveStatus(text) { $("save-status").textContent = text; }
+  // Save and Discard are live only when there is something to save or discard.
   function setDirty(dirty) {
     state.dirty = dirty;
-    if (state.canConfigure) setSaveStatus(dirty ? "Unsaved changes" : "");
+    if (!state.canConfigure) return;
+    $("save-button").disabled = $("discard-button").disabled = !dirty;
+    setSaveStatus(dirty ? "Unsaved changes" : "");
   }
 
   form.addEventListener("input", function (event) { if (event.target.id !== "channel-select") setDirty(true); });
@@ -182,6 +197,13 @@
     if (discarded) setSaveStatus("Unsaved changes of the previous channel were discarded.");
   });
   $("discard-button").addEventListener("click", showChannel);
+  $("defaults-button").addEventListener("click", function () {
+    var keep = field("options.klarna_id_metadata_key").value;
+    showMappingAndOptions(state.data.defaults.mapping, state.data.defaults.options);
+    field("options.klarna_id_metadata_key").value = keep;  // not a default to reset: where the shop keeps its ids
+    setDirty(true);
+    setSaveStatus("Status mapping and options reset to the defaults: Save to keep them.");
+  });
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
@@ -207,7 +229,7 @@
           setSaveStatus("Not saved: " + error.message);
         }
       })
-      .then(function () { $("save-button").disabled = false; });
+      .then(function () { $("save-button").disabled = !state.dirty; });
   });
 
   $("inherit-button").addEventListener("click", function () {
@@ -228,6 +250,7 @@
       .then(function (result) {
         out.className = "result " + (result.ok ? "ok" : "bad");
         out.textContent = result.message;
+        if (result.ok && doc.password) showPasswordState("tested");
         if (result.result === "wrong_region") out.textContent += " Choose " + result.region + " / " + result.environment + " above.";
       })
       .catch(function (error) {
@@ -249,9 +272,18 @@
     pill.textContent = String(count);
   }
 
-  function orderLink(orderId) {
-    return h("button", { type: "button", class: "link", title: "Open order " + orderId + " in the dashboard",
-      onclick: function () { B.redirect("/orders/" + encodeURIComponent(orderId)); } }, orderId);
+  // Saleor's order number (#37) links to the order page, as the Dashboard's own lists do; the id only
+  // when Saleor did not give the number (order deleted, Saleor not answering).
+  function orderLink(orderId, number) {
+    var label = number ? "#" + number : orderId;
+    return h("button", { type: "button", class: number ? "link order-number" : "link", title: "Open order " + label + " in the dashboard",
+      onclick: function () { B.redirect("/orders/" + encodeURIComponent(orderId)); } }, label);
+  }
+
+  // Say each thing once: the code is in the pill, so not again at the start of the message.
+  function withoutCode(message, code) {
+    if (!code || !message) return message || "";
+    return message.indexOf(code) === 0 ? message.slice(code.length).replace(/^[\s:·-]+/, "") : message;
   }
 
   function logDetails(label, value) {
@@ -275,10 +307,11 @@
 
   function exceptionRow(exc) {
     return h("tr", { "data-exception": exc.id },
-      h("td", { class: "nowrap" }, orderLink(exc.order_id), h("span", { class: "sub" }, B.when(exc.created_at))),
+      h("td", { class: "nowrap" }, orderLink(exc.order_id, exc.order_number), h("span", { class: "sub" }, B.when(exc.created_at))),
       h("td", null,
-        h("span", { class: "pill pill-error" }, exc.error_code || "ERROR"), " ", exc.message,
-        exc.correlation_id ? h("span", { class: "sub mono" }, "correlation id " + exc.correlation_id) : null,
+        h("span", { class: "pill pill-error" }, exc.error_code || "ERROR"), " ", withoutCode(exc.message, exc.error_code),
+        exc.correlation_id && (exc.message || "").indexOf(exc.correlation_id) === -1
+          ? h("span", { class: "sub mono" }, "correlation id " + exc.correlation_id) : null,
         exc.log && exc.log.length ? logDetails("Klarna request and response", exc.log) : null),
       h("td", { class: "end" }, h("div", { class: "inline" },
         h("button", { type: "button", class: "btn btn-secondary btn-sm", onclick: function (e) { resolve(exc.id, "retry", e.target); } }, "Retry"),
@@ -304,7 +337,7 @@
         return;
       }
       body.replaceChildren(h("div", { class: "table-wrap" }, h("table", null,
-        h("thead", null, h("tr", null, h("th", null, "When"), h("th", null, "Order"), h("th", null, "Operation"), h("th", null, "State"))),
+        h("thead", null, h("tr", null, h("th", null, "Order"), h("th", null, "State"), h("th", null, "Operation"), h("th", null, "When"))),
         h("tbody", null, data.operations.map(operationRow)))));
     });
   }
@@ -314,12 +347,13 @@
     var kinds = { capture: "Capture", refund: "Refund", cancel: "Cancel", release: "Release remaining authorization" };
     return [
       h("tr", { "data-operation": op.id, class: "has-log" },
-        h("td", { class: "nowrap" }, B.when(op.created_at), h("span", { class: "sub" }, op.attempts + (op.attempts === 1 ? " attempt" : " attempts"))),
-        h("td", null, orderLink(op.order_id), h("span", { class: "sub mono" }, "Klarna " + op.klarna_order_id)),
-        h("td", null, (kinds[op.kind] || op.kind) + " ", h("span", { class: "num" }, op.amount_display),
-          h("span", { class: "sub mono" }, op.klarna_resource_id ? op.kind + " id " + op.klarna_resource_id : "")),
+        h("td", null, orderLink(op.order_id, op.order_number), h("span", { class: "sub mono ids" }, "Klarna " + op.klarna_order_id)),
         h("td", null, h("span", { class: "pill pill-" + (STATE_PILLS[op.state] || "neutral") }, op.state),
-          op.error_code ? h("span", { class: "sub" }, op.error_code + (op.correlation_id ? " · " + op.correlation_id : "")) : null)),
+          op.error_code ? h("span", { class: "sub" }, op.error_code) : null),
+        h("td", null, (kinds[op.kind] || op.kind) + " ", h("span", { class: "num" }, op.amount_display),
+          h("span", { class: "sub mono ids" }, op.klarna_resource_id ? op.kind + " id " + op.klarna_resource_id : ""),
+          op.correlation_id ? h("span", { class: "sub mono ids" }, "correlation id " + op.correlation_id) : null),
+        h("td", { class: "nowrap" }, B.when(op.created_at), h("span", { class: "sub" }, op.attempts + (op.attempts === 1 ? " attempt" : " attempts")))),
       h("tr", { class: "log-row" }, h("td", { colspan: 4 },
         logDetails("Request and response", { request_body: op.request_body, exchanges: op.log }))),
     ];

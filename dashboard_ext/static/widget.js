@@ -44,22 +44,27 @@
       h("div", { class: "inline" },
         status ? pill(status[0], status[1]) : null,
         k && k.fraud_status && k.fraud_status !== "ACCEPTED" ? pill(k.fraud_status === "REJECTED" ? "error" : "warning", "Fraud " + k.fraud_status.toLowerCase()) : null,
-        h("span", { class: "muted mono", title: "Klarna order id" }, data.klarna_order_id)),
+        null),
       !data.configured ? callout("warning", "Klarna is not configured", "Set the API credentials for this order's channel on the app's page.") : null,
       data.klarna_error ? callout("critical", "Klarna did not answer", data.klarna_error) : null,
-      k ? amounts(k) : null,
+      amounts(k, data.klarna_order_id),
       k && k.captures.length ? section("Captures", k.captures.map(function (c) { return line(c.id, c.display); })) : null,
       k && k.refunds.length ? section("Refunds", k.refunds.map(function (r) { return line(r.id, r.display); })) : null,
       data.exceptions.length ? section("Open exceptions", data.exceptions.map(exceptionLine)) : null,
       data.operations.length ? section("Operations", data.operations.map(operationLine)) : null);
   }
 
-  function amounts(k) {
+  function amounts(k, klarnaOrderId) {
     function item(label, value) { return h("div", null, h("dt", null, label), h("dd", null, value)); }
+    function wide(label, value, cls) {
+      return h("div", { class: "wide" }, h("dt", null, label), h("dd", { class: cls || null }, value));
+    }
+    if (!k) return h("dl", { class: "kv" }, wide("Klarna order", klarnaOrderId, "mono ids"));
     return h("dl", { class: "kv" },
       item("Authorized", k.authorized.display), item("Captured", k.captured.display),
       item("Refunded", k.refunded.display), item("Remaining", k.remaining.display),
-      k.expires_at ? item("Authorization expires", B.when(k.expires_at)) : null);
+      k.expires_at ? wide("Authorization expires", B.when(k.expires_at)) : null,
+      wide("Klarna order", klarnaOrderId, "mono ids"));
   }
 
   function section(title, rows) { return h("div", null, h("h3", null, title), h("div", { class: "list" }, rows)); }
@@ -77,7 +82,9 @@
 
   function exceptionLine(exc) {
     var button = h("button", { type: "button", class: "btn btn-secondary btn-sm", onclick: function () { retry(exc.id, button); } }, "Retry");
-    return h("div", null, h("span", { class: "grow" }, pill("error", exc.error_code || "ERROR"), " ", exc.message), button);
+    var message = exc.message || "";
+    if (exc.error_code && message.indexOf(exc.error_code) === 0) message = message.slice(exc.error_code.length).replace(/^[\s:·-]+/, "");
+    return h("div", null, h("span", { class: "grow" }, pill("error", exc.error_code || "ERROR"), " ", message), button);
   }
 
   function retry(id, button) {

@@ -60,6 +60,11 @@ mutation KlarnaOmSummary($id: ID!, $input: [MetadataInput!]!) {
 """
 
 APP_ID = "{ app { id } }"
+ORDER_NUMBERS = """
+query KlarnaOmOrderNumbers($ids: [ID!], $first: Int!) {
+  orders(first: $first, filter: {ids: $ids}) { edges { node { id number } } }
+}
+"""
 CHANNELS = "query KlarnaOmChannels { channels { slug name currencyCode } }"
 SHOP = "query KlarnaOmShop { shop { fulfillmentAllowUnpaid } }"
 
@@ -189,6 +194,14 @@ class SaleorClient:
         shop = self._execute(SHOP, {}).get("shop")
         value = shop.get("fulfillmentAllowUnpaid") if isinstance(shop, dict) else None
         return value if isinstance(value, bool) else None
+
+    def order_numbers(self, order_ids: list[str]) -> dict[str, str]:
+        """``{order id: number}`` for up to 100 orders in one query; orders Saleor does not show are left out."""
+        if not order_ids:
+            return {}
+        data = self._execute(ORDER_NUMBERS, {"ids": order_ids[:100], "first": min(len(order_ids), 100)})
+        edges = (data.get("orders") or {}).get("edges") or []
+        return {e["node"]["id"]: str(e["node"]["number"]) for e in edges if e and e.get("node")}
 
     def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
         items = [{"key": k, "value": v} for k, v in values.items()]

@@ -24,6 +24,7 @@ from plugin.domain.money import format_minor
 from plugin.klarna.client import BASE_URLS, base_url
 from plugin.klarna.errors import KlarnaAuthError, KlarnaError, KlarnaNotFoundError, KlarnaTransportError
 from plugin.klarna.orders import parse_order
+from plugin.saleor.client import SaleorError
 from plugin.services.exceptions import retry_exception
 from plugin.services.merchant import (
     ANY_CHANNEL,
@@ -61,6 +62,36 @@ class ShopReads(Protocol):
 
     def list_channels(self) -> list[dict[str, Any]]: ...
     def fulfillment_allow_unpaid(self) -> bool | None: ...
+    def order_numbers(self, order_ids: list[str]) -> dict[str, str]: ...
+
+
+ORDER_NUMBERS_PER_QUERY = 100  # Saleor's page size limit
+
+
+def with_order_numbers(saleor: ShopReads, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row gets ``order_number`` (Saleor's #37), fetched in one query per 100 orders; None when unknown.
+
+    The ledger keeps Saleor's ids only: numbers are Saleor's to show, and an order Saleor no longer
+    shows (deleted, or Saleor not answering) keeps its id.
+    """
+    ids = list(dict.fromkeys(row["order_id"] for row in rows if row.get("order_id")))
+    numbers: dict[str, str] = {}
+    for start in range(0, len(ids), ORDER_NUMBERS_PER_QUERY):
+        try:
+            numbers.update(saleor.order_numbers(ids[start : start + ORDER_NUMBERS_PER_QUERY]))
+        except SaleorError:
+            break  # the page still shows, with ids
+    return [{**row, "order_number": numbers.get(row.get("order_id") or "")} for row in rows]
+
+
+def default_settings() -> dict[str, Any]:
+    """The mapping and options a new installation starts with (the settings page's "Reset to defaults")."""
+    public = MerchantSettings(channel=ANY_CHANNEL).public()
+    return {"mapping": public["mapping"], "options": public["options"]}
+
+
+def order_label(number: str | None) -> str:
+    return f"order #{number}" if number else "the order"
 
 
 # -- Saleor reads (app token) ------------------------------------------------------------------

@@ -311,7 +311,7 @@
       h("td", null,
         h("span", { class: "pill pill-error" }, exc.error_code || "ERROR"), " ", withoutCode(exc.message, exc.error_code),
         exc.correlation_id && (exc.message || "").indexOf(exc.correlation_id) === -1
-          ? h("span", { class: "sub mono" }, "correlation id " + exc.correlation_id) : null,
+          ? h("span", { class: "sub mono ids", title: exc.correlation_id }, "correlation id " + exc.correlation_id) : null,
         exc.log && exc.log.length ? logDetails("Klarna request and response", exc.log) : null),
       h("td", { class: "end" }, h("div", { class: "inline" },
         h("button", { type: "button", class: "btn btn-secondary btn-sm", onclick: function (e) { resolve(exc.id, "retry", e.target); } }, "Retry"),
@@ -347,12 +347,12 @@
     var kinds = { capture: "Capture", refund: "Refund", cancel: "Cancel", release: "Release remaining authorization" };
     return [
       h("tr", { "data-operation": op.id, class: "has-log" },
-        h("td", null, orderLink(op.order_id, op.order_number), h("span", { class: "sub mono ids" }, "Klarna " + op.klarna_order_id)),
+        h("td", null, orderLink(op.order_id, op.order_number), h("span", { class: "sub mono ids", title: "Klarna order " + op.klarna_order_id }, "Klarna " + op.klarna_order_id)),
         h("td", null, h("span", { class: "pill pill-" + (STATE_PILLS[op.state] || "neutral") }, op.state),
           op.error_code ? h("span", { class: "sub" }, op.error_code) : null),
         h("td", null, (kinds[op.kind] || op.kind) + " ", h("span", { class: "num" }, op.amount_display),
-          h("span", { class: "sub mono ids" }, op.klarna_resource_id ? op.kind + " id " + op.klarna_resource_id : ""),
-          op.correlation_id ? h("span", { class: "sub mono ids" }, "correlation id " + op.correlation_id) : null),
+          h("span", { class: "sub mono ids", title: op.klarna_resource_id || "" }, op.klarna_resource_id ? op.kind + " id " + op.klarna_resource_id : ""),
+          op.correlation_id ? h("span", { class: "sub mono ids", title: op.correlation_id }, "correlation id " + op.correlation_id) : null),
         h("td", { class: "nowrap" }, B.when(op.created_at), h("span", { class: "sub" }, op.attempts + (op.attempts === 1 ? " attempt" : " attempts")))),
       h("tr", { class: "log-row" }, h("td", { colspan: 4 },
         logDetails("Request and response", { request_body: op.request_body, exchanges: op.log }))),

@@ -48,6 +48,8 @@ def _build(settings: Settings) -> Services:
 def _services(*, require_migrated: bool = True, wait: float = 0.0) -> Services:
     """Services for a command; waits up to ``wait`` seconds for the database to answer."""
     services = _build(_settings())
+    if _embedded(services.settings):
+        services.db.upgrade()  # the embedded default needs no `db upgrade`, whichever command runs first
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -62,6 +64,11 @@ def _services(*, require_migrated: bool = True, wait: float = 0.0) -> Services:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
+
+
+def _embedded(settings: Settings) -> bool:
+    """The SQLite file in the instance folder, which nothing but this app uses."""
+    return settings.database_url.startswith("sqlite") and "DATABASE_URL" not in os.environ
 
 
 class _Main(click.Group):
@@ -101,6 +108,11 @@ def announce(settings: Settings, listening: str) -> None:
         logger.warning(
             f"public URL {settings.public_base} may not work for Saleor: {problem.reason}",
             extra={"public_url": settings.public_base, "fix": problem.fix},
+        )
+    if settings.klarna_base_url:
+        logger.warning(
+            "KLARNA_BASE_URL is set: every Klarna call goes there, whatever a channel's region",
+            extra={"klarna_base_url": settings.klarna_base_url},
         )
     logger.info(next_step(settings.public_base), extra={"manifest_url": manifest})
 
@@ -142,8 +154,7 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
         settings = replace(settings, public_url=f"http://{host}:{port}")
     _setup_logging(settings.log_level)
     services = _build(settings)
-    embedded = settings.database_url.startswith("sqlite") and "DATABASE_URL" not in os.environ
-    if migrate if migrate is not None else embedded:
+    if migrate if migrate is not None else _embedded(settings):
         services.db.upgrade()
     try:
         services.db.check_migrated()

@@ -76,7 +76,9 @@ def test_settings_page_shows_order_numbers_and_its_state_column(
     _no_sideways_scroll(page)
     _shoot(page, screenshots / f"onboard-settings-{width}-{theme}.png")
     for section in ("exceptions", "operations"):
-        frame.locator(f"#{section}").screenshot(path=str(screenshots / f"onboard-settings-{width}-{theme}-{section}.png"))
+        frame.locator(f"#{section}").screenshot(
+            path=str(screenshots / f"onboard-settings-{width}-{theme}-{section}.png")
+        )
 
 
 def test_save_reset_and_the_tested_password(page: Any, stack: Stack, shipped: dict[str, str]) -> None:

@@ -24,7 +24,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = "[REDACTED]" if any(w in key.lower() for w in _SECRET_WORDS) else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(entry, default=str, ensure_ascii=False)  # people read these: → stays →
 
 
 def configure(level: str = "INFO") -> None:

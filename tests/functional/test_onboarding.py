@@ -250,3 +250,13 @@ def test_manifest_links_are_real_pages_and_the_author_is_a_person_or_group(shop:
     assert "For how long" in texts["dataPrivacyUrl"] and "does <strong>not</strong> store" in texts["dataPrivacyUrl"]
     favicon = client.get("/favicon.ico")
     assert favicon.status_code == 200 and favicon.data.startswith(b"\x89PNG")
+
+
+def test_the_demo_runs_without_the_allowlist_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from plugin.demo import run
+
+    lines: list[str] = []
+    with caplog.at_level(logging.WARNING):
+        run(echo=lines.append)
+    assert any("Klarna performed" in line for line in lines)
+    assert "ALLOWED_SALEOR_URLS" not in caplog.text

@@ -26,9 +26,8 @@ from plugin.settings import ConfigError, Settings
 from plugin.startup import database_error, database_location, next_step, public_url_problems
 
 logger = logging.getLogger("plugin.cli")
-# What a database that cannot be used raises: the driver's errors, a URL SQLAlchemy cannot use, a
-# SQLite folder that cannot be created.
-DATABASE_ERRORS = (OperationalError, InterfaceError, ArgumentError, OSError)
+# What a database that cannot be reached or opened raises, whichever command is using it.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 _DATABASE_URL = "klarna_om.database_url"  # click context meta: the URL the command opened
 
 
@@ -42,7 +41,10 @@ def _settings() -> Settings:
 def _build(settings: Settings) -> Services:
     """Services for ``settings``; notes the database URL so that any database error names it."""
     click.get_current_context().meta[_DATABASE_URL] = settings.database_url
-    return Services.build(settings)
+    try:
+        return Services.build(settings)
+    except (ArgumentError, OSError) as exc:  # a URL SQLAlchemy cannot use; a SQLite folder that cannot be made
+        raise click.ClickException(database_error(settings.database_url, exc)) from None
 
 
 def _services(*, require_migrated: bool = True, wait: float = 0.0) -> Services:

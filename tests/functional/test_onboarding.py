@@ -260,3 +260,61 @@ def test_the_demo_runs_without_the_allowlist_warning(caplog: pytest.LogCaptureFi
         run(echo=lines.append)
     assert any("Klarna performed" in line for line in lines)
     assert "ALLOWED_SALEOR_URLS" not in caplog.text
+
+
+# -- order numbers in the dashboard ------------------------------------------------------------
+
+
+def test_operations_and_exceptions_show_order_numbers_fetched_in_one_query(shop: Shop) -> None:
+    from plugin.db.models import ProcessException
+
+    shop.install()
+    orders = []
+    for number in (37, 38):
+        klarna_id = shop.klarna.create_order(order_amount=5000, currency="USD")
+        order_id = shop.saleor.create_order(
+            lines=[{"name": "Scarf", "quantity": 2, "unit_gross": "25.00"}], klarna_order_id=klarna_id, number=number
+        )
+        shop.saleor.fulfill(order_id, {shop.saleor.order(order_id)["lines"][0]["id"]: 2})
+        orders.append(order_id)
+    shop.sync()
+    with shop.services.db.transaction() as session:
+        session.add(ProcessException(saleor_api_url=shop.saleor.api_url, order_id=orders[0], message="x", log="[]"))
+    headers = {
+        "authorization-bearer": shop.saleor.mint_token(user_permissions=("MANAGE_ORDERS", "MANAGE_APPS")),
+        "saleor-api-url": shop.saleor.api_url,
+    }
+    client = shop.app.test_client()
+    before = len(shop.saleor.graphql_requests)
+    operations = client.get("/api/dashboard/operations", headers=headers).get_json()["operations"]
+    asked = [r for r in shop.saleor.graphql_requests[before:] if "KlarnaOmOrderNumbers" in (r["query"] or "")]
+    assert len(asked) == 1  # one query for the page, not one per row
+    assert {(op["order_id"], op["order_number"]) for op in operations} == {(orders[0], "37"), (orders[1], "38")}
+    exceptions = client.get("/api/dashboard/exceptions", headers=headers).get_json()["exceptions"]
+    assert exceptions[0]["order_number"] == "37"
+    exception_id = exceptions[0]["id"]
+    dismissed = client.post(f"/api/dashboard/exceptions/{exception_id}/dismiss", headers=headers).get_json()
+    assert dismissed["message"] == "Exception for order #37 dismissed"
+
+
+def test_without_saleor_the_lists_keep_the_ids(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugin.saleor.client import SaleorClient, SaleorError
+
+    shop.install()
+    klarna_id = shop.klarna.create_order(order_amount=5000, currency="USD")
+    order_id = shop.saleor.create_order(lines=[{"name": "Scarf", "quantity": 1, "unit_gross": "50.00"}],
+                                        klarna_order_id=klarna_id)  # fmt: skip
+    shop.saleor.fulfill(order_id, {shop.saleor.order(order_id)["lines"][0]["id"]: 1})
+    shop.sync()
+
+    def down(self: SaleorClient, order_ids: list[str]) -> dict[str, str]:
+        raise SaleorError("Saleor not reachable: ConnectionError")
+
+    monkeypatch.setattr(SaleorClient, "order_numbers", down)
+    headers = {
+        "authorization-bearer": shop.saleor.mint_token(user_permissions=("MANAGE_ORDERS",)),
+        "saleor-api-url": shop.saleor.api_url,
+    }
+    response = shop.app.test_client().get("/api/dashboard/operations", headers=headers)
+    assert response.status_code == 200
+    assert [(op["order_id"], op["order_number"]) for op in response.get_json()["operations"]] == [(order_id, None)]

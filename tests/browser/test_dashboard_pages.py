@@ -128,6 +128,7 @@ def test_settings_page_saves_and_the_worker_follows_the_mapping(page: Any, stack
         const select = document.querySelector('select[name="mapping.UNFULFILLED"]');
         select.querySelector('option[value="capture"]').disabled = false;
         select.value = "capture";
+        select.dispatchEvent(new Event("change", { bubbles: true }));
     }""")
     frame.locator("#save-button").click()
     refusal = frame.locator('[data-error-for="mapping.UNFULFILLED"]')

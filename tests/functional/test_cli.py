@@ -80,7 +80,11 @@ def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     shop.sync()
     [exception] = shop.exceptions()
-    assert "still failing after" in exception.message and "correlation id" in exception.message
+    # the message says Klarna's words once; the correlation id is its own field (and in the note, once)
+    assert "still failing after" in exception.message and exception.correlation_id
+    assert exception.correlation_id not in exception.message
+    [failure_note] = shop.saleor.notes(order_id)
+    assert failure_note.count(exception.correlation_id) == 1
     runner = CliRunner()
     listed = runner.invoke(main, ["ops", "list"], env=cli_env)
     assert f"#{exception.id} [open]" in listed.output
@@ -90,12 +94,12 @@ def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]
     retried = runner.invoke(main, ["ops", "retry", str(exception.id)], env=cli_env)
     assert retried.exit_code == 0, retried.output
     shop.sync()
-    # then one capture, under a new idempotency key, and the exception is closed
+    # then one capture, under a new idempotency key, and the exception resolved itself
     assert shop.performed("captures") == 1
     with shop.services.db.transaction() as session:
         op = session.scalars(select(Operation)).one()
         assert op.state == "succeeded" and op.idempotency_key != old_key
-    assert [e.state for e in shop.exceptions()] == ["retried"]
+    assert [e.state for e in shop.exceptions()] == ["resolved"]
     notes = shop.saleor.notes(order_id)
     assert "failed" in notes[0] and "captured 130.00 USD" in notes[-1]
 

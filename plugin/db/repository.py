@@ -72,7 +72,7 @@ _LOAD_EXCEPTIONS = (
 # A note is queued once per dedupe key: a repeat does nothing and returns no row.
 _QUEUE_NOTE = text(
     "INSERT INTO notes (saleor_api_url, order_id, dedupe_key, message, state, attempts, created_at)"
-    " VALUES (:url, :order_id, :dedupe_key, :message, 'pending', 0, :now)"
+    " VALUES (:url, :order_id, :dedupe_key, :message, :state, 0, :now)"
     " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
@@ -141,9 +141,10 @@ class SqlLedger:
             operation_id = _insert_operation(conn, job, changes.new_operation, now) if changes.new_operation else None
             for change in changes.operations:
                 _update_operation(conn, change.operation, change.log, change.attempted, now)
-            queued = [q for draft in changes.notes if (q := _queue_note(conn, job, draft, now))]
+            state = NoteState.SKIPPED if changes.skip_notes else NoteState.PENDING
+            queued = [q for draft in changes.notes if (q := _queue_note(conn, job, draft, now, state))]
             for draft in changes.exceptions:
-                note = _open_exception(conn, job, draft, now)
+                note = _open_exception(conn, job, draft, now, state)
                 if note is not None:
                     queued.append(note)
             _set_notes(conn, changes.notes_written, NoteState.WRITTEN)
@@ -235,7 +236,7 @@ def _appended_log(entry: str) -> Any:
     )
 
 
-def _queue_note(conn: Connection, job: ClaimedJob, draft: NoteDraft, now: Any) -> QueuedNote | None:
+def _queue_note(conn: Connection, job: ClaimedJob, draft: NoteDraft, now: Any, state: NoteState) -> QueuedNote | None:
     row = conn.execute(
         _QUEUE_NOTE,
         {
@@ -243,15 +244,18 @@ def _queue_note(conn: Connection, job: ClaimedJob, draft: NoteDraft, now: Any) -
             "order_id": job.order_id,
             "dedupe_key": dedupe_key(job.saleor_api_url, job.order_id, draft.dedupe),
             "message": draft.message,
+            "state": state.value,
             "now": now,
         },
     ).first()
     return QueuedNote(int(row.id), draft.message) if row is not None else None
 
 
-def _open_exception(conn: Connection, job: ClaimedJob, draft: ExceptionDraft, now: Any) -> QueuedNote | None:
+def _open_exception(
+    conn: Connection, job: ClaimedJob, draft: ExceptionDraft, now: Any, state: NoteState
+) -> QueuedNote | None:
     """Reopen, or open if its note is new; returns the note queued with it."""
-    note = _queue_note(conn, job, draft.note, now)
+    note = _queue_note(conn, job, draft.note, now, state)
     values = {
         "error_code": draft.code, "message": draft.message, "correlation_id": draft.correlation_id,
         "log": json.dumps(list(draft.log), default=str),

@@ -138,6 +138,7 @@ class Changes:
     notes_written: list[int] = field(default_factory=list)
     notes_skipped: list[int] = field(default_factory=list)
     note_failures: list[int] = field(default_factory=list)
+    skip_notes: bool = False  # the channel writes no notes: the ones queued here are stored skipped
     exceptions: list[ExceptionDraft] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
     job: Finish | RetryLater | None = None

@@ -332,7 +332,8 @@ class _Run:
 
     def _failed(self, op: LedgerOperation, exc: KlarnaFailure) -> bool:
         failed = replace(op, error_code=exc.code, error_message=str(exc)[:2000], correlation_id=exc.correlation_id)
-        final = not exc.retryable or self._failures() >= self.deps.max_attempts
+        # A run that made progress does not use up the budget: the failure is retried.
+        final = not exc.retryable or (not self.progressed and self._failures() >= self.deps.max_attempts)
         if not final:
             # The row stays pending: the retry re-sends it with the same key.
             self._update(failed, log=exc.log)
@@ -412,6 +413,7 @@ class _Run:
             reopen = existing.id
             reopened = existing.reopened + 1
             note_key = f"{note_key}:again:{reopened}"
+            note = note.replace("Klarna: ", "Klarna, after Retry: ", 1)
             self.exceptions[existing.id] = replace(
                 existing, state=transition(existing.state, ExceptionState.OPEN), reopened=reopened
             )
@@ -506,6 +508,8 @@ class _Run:
         write = self.merchant is None or self.merchant.options.write_notes
         if not write:
             self.pending.notes_skipped.extend(self.notes)
+            self.pending.skip_notes = True
+            self.notes.clear()
             self._commit(job=self._finish())
             self._write_summary()
             return
@@ -553,7 +557,7 @@ class _Run:
         started = self.deps.monotonic()
         committed = self.deps.repo.commit(self.job, changes, lease_seconds=self.deps.lease_seconds)
         self.lease_from = started
-        for note in committed.queued_notes:
+        for note in () if changes.skip_notes else committed.queued_notes:
             self.notes[note.id] = note
         return committed
 

@@ -39,4 +39,5 @@ def retry_exception(session: Session, exception_id: int) -> str:
     exc.state = transition(ExceptionState.OPEN, ExceptionState.RETRIED).value
     exc.resolved_at = utcnow()
     queue.enqueue(session, exc.saleor_api_url, exc.order_id)
+    queue.run_now(session, exc.saleor_api_url, exc.order_id)
     return f"exception #{exception_id} retried; order {exc.order_id} queued"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from plugin.db.models import Job, UTCDateTime, utcnow
 from plugin.domain.ledger import ClaimedJob
 
-__all__ = ["ClaimedJob", "claim", "counts", "enqueue", "finish", "renew", "retry_later"]
+__all__ = ["ClaimedJob", "claim", "counts", "enqueue", "finish", "renew", "retry_later", "run_now"]
 
 
 # One statement for PostgreSQL and SQLite (>= 3.24), built once: the webhook path runs it on every
@@ -40,6 +40,16 @@ def enqueue(
     now = now or utcnow()
     conn.execute(
         _ENQUEUE, {"url": saleor_api_url, "order_id": order_id, "due": now + timedelta(seconds=delay), "now": now}
+    )
+
+
+def run_now(session: Session, saleor_api_url: str, order_id: str) -> None:
+    """An admin asked: the order's waiting job runs at once, with a fresh attempt budget."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.saleor_api_url == saleor_api_url, Job.order_id == order_id, Job.requested_seq > Job.done_seq)
+        .values(run_after=now, attempts=0, updated_at=now)
     )
 
 

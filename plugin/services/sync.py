@@ -60,7 +60,10 @@ logger = logging.getLogger(__name__)
 
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
 FRAUD_RECHECK_SECONDS = 900.0
-NOTE_RECHECK_SECONDS = 300.0  # a give-up whose note Saleor did not take yet: deliver it later
+NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
+# After giving up, the order is checked again on its own (nothing stranded) at this many retry
+# bases, at most 15 minutes; the open exception tells the admin meanwhile.
+GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 600.0, 900.0
 ANY_CHANNEL = "*"
 
 
@@ -332,18 +335,15 @@ class _Run:
 
     def _failed(self, op: LedgerOperation, exc: KlarnaFailure) -> bool:
         failed = replace(op, error_code=exc.code, error_message=str(exc)[:2000], correlation_id=exc.correlation_id)
-        # A run that made progress does not use up the budget: the failure is retried.
-        final = not exc.retryable or (not self.progressed and self._failures() >= self.deps.max_attempts)
-        if not final:
-            # The row stays pending: the retry re-sends it with the same key.
+        if exc.retryable:
+            # The row stays pending: the retry re-sends it with the same key. Past the attempt
+            # budget the run gives up (an exception, a note), and the order is checked again.
             self._update(failed, log=exc.log)
             raise Transient(str(exc), exc.retry_after, progressed=self.progressed)
         failed = self._update(replace(failed, state=transition(op.state, OperationState.FAILED)), log=exc.log)
         spec = KINDS[op.kind]
         amount = format_minor(op.amount, op.currency)
         reason = f"{exc.code}: {exc.reason}"
-        if exc.retryable:
-            reason = f"still failing after {self._failures()} attempts: {reason}"
         again = f" (retry {op.generation})" if op.generation else ""
         message = f"the {spec.label} of {amount}{self._about(op)} failed{again}: {reason}"
         self._raise(
@@ -487,10 +487,11 @@ class _Run:
             what_to_do="Check that Klarna and Saleor answer, then press Retry on the exception in the app.",
         )
         logger.error("sync gave up", extra={"order_id": self.job.order_id, "saleor_api_url": self.job.saleor_api_url})
+        self.outcome.again_in = min(GIVE_UP_RECHECK_BASES * self.deps.retry_base, GIVE_UP_RECHECK_MAX)
         try:
             self._deliver_and_finish()
         except Transient:
-            self._commit(job=Finish(again_in=NOTE_RECHECK_SECONDS))
+            self._commit(job=Finish(again_in=self.outcome.again_in))
 
     def _not_done(self) -> str:
         open_ops = [op for op in self.ops.values() if op.state is OperationState.PENDING]

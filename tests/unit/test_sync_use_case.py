@@ -391,3 +391,18 @@ def test_a_channel_without_notes_skips_them() -> None:
     assert rig.klarna.performed == [("capture", kid, 13000)] and rig.notes() == []
     assert [n.state for n in rig.ledger.notes.values()] == [NoteState.SKIPPED]
     assert rig.ledger.commits == 2
+
+
+def test_the_use_case_imports_no_framework_and_no_adapter() -> None:
+    # a fresh interpreter: importing the use case (and its table and ports) loads none of them
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, plugin.services.sync, plugin.testing.memory;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'flask', 'requests', 'gql')"
+        " or m.startswith(('plugin.db', 'plugin.klarna', 'plugin.saleor'))];"
+        "print(','.join(sorted(bad)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

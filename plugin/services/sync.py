@@ -63,7 +63,7 @@ FRAUD_RECHECK_SECONDS = 900.0
 NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
 # After giving up, the order is checked again on its own (nothing stranded) at this many retry
 # bases, at most 15 minutes; the open exception tells the admin meanwhile.
-GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 600.0, 900.0
+GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 3000.0, 900.0
 ANY_CHANNEL = "*"
 
 

@@ -221,7 +221,7 @@ def test_giving_up_leaves_an_exception_and_a_note_and_a_later_sync_resolves_it()
     [note] = rig.notes()
     assert "could not be synced after 2 attempts" in note and "press Retry" in note
     job = rig.ledger.job(ORDER)
-    assert job.due and job.attempts == 0  # checked again later, on its own (after 600 retry bases)
+    assert job.due and job.attempts == 0  # checked again later, on its own (after 3000 retry bases)
     # when Klarna answers again and the order is checked again
     rig.run()
     # then the capture happens and the exception resolved itself

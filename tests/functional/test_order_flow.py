@@ -296,3 +296,26 @@ def test_an_unconfigured_channel_is_reported_once_when_there_is_something_to_do(
     assert [e.error_code for e in shop.exceptions()] == ["NOT_CONFIGURED"]
     assert len(shop.saleor.notes(order_id)) == 1 and "not configured" in shop.saleor.notes(order_id)[0]
     assert shop.klarna.requests == []
+
+
+def test_a_retry_that_is_blocked_again_reopens_the_exception_with_a_fresh_note(shop: Shop) -> None:
+    # given a shipment worth more than Klarna still has authorized, reported once
+    shop.install()
+    kid = shop.klarna.create_order(order_amount=5000)
+    order_id = shop.saleor.create_order(lines=[dict(SHOE)], klarna_order_id=kid)
+    shop.saleor.fulfill(order_id, {shop.line_ids(order_id)[0]: 1})
+    shop.sync()
+    [exception] = shop.exceptions()
+    assert exception.state == "open" and len(shop.saleor.notes(order_id)) == 1
+    # when the admin presses Retry and the re-check blocks again
+    from plugin.services.exceptions import retry_exception
+
+    with shop.services.db.transaction() as session:
+        retry_exception(session, exception.id)
+    shop.sync()
+    # then the exception is open again (not "retried" with nothing open), with a fresh note
+    [exception] = shop.exceptions()
+    assert (exception.state, exception.reopened) == ("open", 1)
+    notes = shop.saleor.notes(order_id)
+    assert len(notes) == 2 and notes[1].startswith("Klarna, after Retry: not captured")
+    assert shop.performed("captures") == 0

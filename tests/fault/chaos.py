@@ -736,6 +736,8 @@ def summary(rig: Rig, stories: list[Story], chaos: Chaos | None, timings: dict[s
         "releases": counts["releases"],
         "notes": sum(len(rig.saleor.notes(s.order_id)) for s in stories),
         "distinct_notes": sum(len(set(rig.saleor.notes(s.order_id))) for s in stories),
+        "max_attempts": rig.max_attempts,
+        "give_up_notes": sum(n.startswith(GIVE_UP_NOTE) for s in stories for n in rig.saleor.notes(s.order_id)),
         "note_rows": db_notes,
         "ledger_rows": {str(k): int(v) for k, v in ledger.items()},
         **timings,

@@ -15,9 +15,12 @@ from werkzeug.exceptions import HTTPException
 
 from plugin.crypto import SecretBox
 from plugin.db import Database, NotMigratedError
+from plugin.db.repository import SqlLedger
 from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
+from plugin.klarna.port import KlarnaOrders
 from plugin.metrics import render as render_metrics
 from plugin.saleor import client as saleor_client
+from plugin.saleor.port import SaleorOrders
 from plugin.services.installations import JwksVerifier
 from plugin.services.merchant import MerchantSettings, SettingsStore
 from plugin.services.sync import SyncDeps
@@ -81,10 +84,15 @@ class Services:
             return self._clients[key]
 
     def sync_deps(self) -> SyncDeps:
+        """The worker's use case wired to the adapters: the SQL ledger and ports over the clients."""
         assert self.saleor_for is not None and self.klarna_for is not None
+        saleor_for, klarna_for = self.saleor_for, self.klarna_for
         return SyncDeps(
-            db=self.db, store=self.store, box=self.box, saleor_for=self.saleor_for, klarna_for=self.klarna_for,
+            repo=SqlLedger(self.db, self.store, self.box),
+            saleor_for=lambda url, token: SaleorOrders(saleor_for(url, token)),
+            klarna_for=lambda merchant: KlarnaOrders(klarna_for(merchant)),
             lease_seconds=self.settings.job_lease_seconds, max_attempts=self.settings.max_attempts,
+            retry_base=self.settings.retry_base_seconds,
         )  # fmt: skip
 
 

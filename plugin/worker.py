@@ -8,42 +8,29 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
-from plugin.db.models import ProcessException
+from plugin.domain.ledger import ClaimedJob
 from plugin.metrics import JOB_RUNS
-from plugin.services import queue
-from plugin.services.sync import LeaseLost, SyncDeps, Transient, sync_order
+from plugin.services.sync import LeaseLost, SyncDeps, backoff, fail_job, sync_order
+
+__all__ = ["Worker", "backoff"]
 
 logger = logging.getLogger(__name__)
 
 
-def backoff(
-    attempts: int,
-    *,
-    base: float,
-    cap: float = 300.0,
-    retry_after: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Exponential backoff with jitter (half to full), at least ``retry_after``."""
-    rng = rng or random.Random()
-    delay = min(cap, base * 2 ** max(attempts - 1, 0)) * rng.uniform(0.5, 1.0)
-    return max(delay, retry_after or 0.0)
-
-
 class Worker:
     def __init__(
-        self, deps: SyncDeps, *, concurrency: int = 8, poll_interval: float = 0.5, retry_base: float = 2.0
+        self, deps: SyncDeps, *, concurrency: int = 8, poll_interval: float = 0.5, retry_base: float | None = None
     ) -> None:
-        self.deps = deps
+        self.deps = deps if retry_base is None else replace(deps, retry_base=retry_base)
         self.concurrency = concurrency
         self.poll_interval = poll_interval
-        self.retry_base = retry_base
+        self.retry_base = self.deps.retry_base
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -55,44 +42,29 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
-    def claim(self, limit: int) -> list[queue.ClaimedJob]:
-        with self.deps.db.transaction() as session:
-            return queue.claim(session, self.owner, lease_seconds=self.deps.lease_seconds, limit=limit)
+    def claim(self, limit: int) -> list[ClaimedJob]:
+        return self.deps.repo.claim(self.owner, lease_seconds=self.deps.lease_seconds, limit=limit)
 
-    def process(self, job: queue.ClaimedJob) -> None:
-        """Run one job and record what should happen next; never raises."""
+    def process(self, job: ClaimedJob) -> None:
+        """Run one job; the use case records what happens next. Never raises (but for a kill)."""
         try:
-            outcome = sync_order(self.deps, job)
+            try:
+                outcome = sync_order(self.deps, job)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                logger.exception("sync failed", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
+                JOB_RUNS.labels("error").inc()
+                outcome = fail_job(self.deps, job, f"{exc.__class__.__name__}: {exc}")
         except LeaseLost:
             JOB_RUNS.labels("lease_lost").inc()
             logger.warning("lease lost; another worker has the order", extra={"order_id": job.order_id})
             return
-        except Transient as exc:
-            JOB_RUNS.labels("retry").inc()
-            self._retry_or_give_up(job, str(exc), exc.retry_after)
-            return
-        except Exception as exc:
+        except Exception:
             JOB_RUNS.labels("error").inc()
-            logger.exception("sync failed", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
-            self._retry_or_give_up(job, f"{exc.__class__.__name__}: {exc}", None)
-            return
-        JOB_RUNS.labels("done").inc()
-        with self.deps.db.transaction() as session:
-            queue.finish(session, job, again_in=outcome.again_in)
-
-    def _retry_or_give_up(self, job: queue.ClaimedJob, error: str, retry_after: float | None) -> None:
-        with self.deps.db.transaction() as session:
-            if job.attempts < self.deps.max_attempts:
-                delay = backoff(job.attempts, base=self.retry_base, retry_after=retry_after)
-                queue.retry_later(session, job, delay=delay, error=error)
-                return
-            session.add(ProcessException(
-                saleor_api_url=job.saleor_api_url, order_id=job.order_id, error_code="SYNC_FAILED",
-                message=f"The order could not be synced after {job.attempts} attempts: {error}",
-            ))  # fmt: skip
-            queue.finish(session, job)
-        JOB_RUNS.labels("failed").inc()
-        logger.error("sync gave up", extra={"order_id": job.order_id, "saleor_api_url": job.saleor_api_url})
+            logger.exception("recording the run failed", extra={"order_id": job.order_id})
+            return  # the lease runs out and another run takes the job
+        JOB_RUNS.labels("failed" if outcome.gave_up else "retry" if outcome.retry_in is not None else "done").inc()
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:
         """Process due jobs in this thread until none is due (tests, the demo). Returns jobs run."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Integer,
@@ -17,6 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from plugin.domain.states import ExceptionState, NoteState, OperationKind, OperationState
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -24,6 +28,12 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def one_of(column: str, values: type[StrEnum]) -> CheckConstraint:
+    """A CHECK holding ``column`` to the enum's values, named ``ck_<table>_<column>``."""
+    allowed = ", ".join(f"'{member.value}'" for member in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=column)
 
 
 def utcnow() -> datetime:
@@ -124,9 +134,14 @@ class Job(Base):
 
 
 class Operation(Base):
-    """The ledger: one Klarna operation, written with its idempotency key before the call."""
+    """The ledger: one Klarna operation, written with its idempotency key before the call.
+
+    ``kind`` and ``state`` take the values of :class:`OperationKind` and :class:`OperationState`
+    (plugin/domain/states.py, which also holds the transitions between states).
+    """
 
     __tablename__ = "operations"
+    __table_args__ = (one_of("kind", OperationKind), one_of("state", OperationState))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     saleor_api_url: Mapped[str] = mapped_column(
@@ -134,28 +149,31 @@ class Operation(Base):
     )
     order_id: Mapped[str] = mapped_column(String(255), index=True)
     klarna_order_id: Mapped[str] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(32))  # capture, refund, cancel, release
+    kind: Mapped[str] = mapped_column(String(32))  # OperationKind
     reference: Mapped[str] = mapped_column(String(255))
     amount: Mapped[int] = mapped_column(BigInteger, default=0)
     currency: Mapped[str] = mapped_column(String(3))
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, succeeded, failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # OperationState
     request_body: Mapped[str | None] = mapped_column(Text, default=None)
     klarna_resource_id: Mapped[str | None] = mapped_column(String(255), default=None)
     error_code: Mapped[str | None] = mapped_column(String(128), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     correlation_id: Mapped[str | None] = mapped_column(String(255), default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    log: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of redacted exchanges
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # calls sent to Klarna
+    # JSON list of redacted exchanges: the first 20 calls (appended in SQL, not re-read on the hot path)
+    log: Mapped[str] = mapped_column(Text, default="[]")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Note(Base):
-    """An order note to write to Saleor (an outbox: written once, retried on its own)."""
+    """An order note to write to Saleor (an outbox: queued with the outcome it tells, written once,
+    retried on its own). ``state`` takes the values of :class:`NoteState`."""
 
     __tablename__ = "notes"
+    __table_args__ = (one_of("state", NoteState),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     saleor_api_url: Mapped[str] = mapped_column(
@@ -164,15 +182,17 @@ class Note(Base):
     order_id: Mapped[str] = mapped_column(String(255), index=True)
     dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
     message: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, written, failed
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # NoteState
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed deliveries
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ProcessException(Base):
-    """A failure an admin must see: retry or dismiss."""
+    """A failure an admin must see: retry or dismiss; it resolves itself when a later sync does
+    what it is about. ``state`` takes the values of :class:`ExceptionState`."""
 
     __tablename__ = "process_exceptions"
+    __table_args__ = (one_of("state", ExceptionState),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     saleor_api_url: Mapped[str] = mapped_column(
@@ -184,7 +204,11 @@ class ProcessException(Base):
     message: Mapped[str] = mapped_column(Text)
     correlation_id: Mapped[str | None] = mapped_column(String(255), default=None)
     log: Mapped[str] = mapped_column(Text, default="[]")
-    state: Mapped[str] = mapped_column(String(16), default="open")  # open, retried, dismissed
+    state: Mapped[str] = mapped_column(String(16), default="open")  # ExceptionState
+    # What it is about, so a later sync can resolve it: "op:<operation id>", "blocked:<code>:<reference>",
+    # "sync", "config", "read". NULL on rows from before 0002 that are not about an operation.
+    subject: Mapped[str | None] = mapped_column(String(255), default=None)
+    reopened: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # retries blocked again
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
 

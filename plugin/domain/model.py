@@ -5,10 +5,12 @@ Every amount is an integer in minor units of ``currency``. Adapters build these;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import NewType
+from typing import Any, NewType
+
+from .states import OperationKind
 
 KlarnaOrderId = NewType("KlarnaOrderId", str)
 SaleorOrderId = NewType("SaleorOrderId", str)
@@ -183,7 +185,7 @@ class KlarnaLine:
 
 @dataclass(frozen=True)
 class PlannedOperation:
-    kind: str  # capture, refund, cancel, release
+    kind: OperationKind
     reference: str  # fulfillment id, "shipping", or the Klarna order id for cancel/release
     amount: int
     lines: tuple[KlarnaLine, ...] = ()
@@ -209,3 +211,35 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not self.operations and not self.blocked
+
+
+@dataclass(frozen=True)
+class MerchantSettings:
+    """One channel's Klarna credentials, region, status mapping and options (``*`` = every other channel)."""
+
+    channel: str
+    region: str = "EU"
+    environment: str = "playground"
+    username: str = ""
+    password: str | None = None  # plaintext only in memory; never exported
+    mapping: dict[str, Action] = field(default_factory=lambda: dict(DEFAULT_MAPPING))
+    options: Options = field(default_factory=Options)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username and self.password)
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the secret, as JSON (export, settings page)."""
+        return {
+            "channel": self.channel,
+            "region": self.region,
+            "environment": self.environment,
+            "username": self.username,
+            "password_set": self.password is not None,
+            "mapping": {status: Action(action).value for status, action in self.mapping.items()},
+            "options": asdict(self.options),
+        }
+
+    def action_for(self, status: str) -> Action:
+        return Action(self.mapping.get(status, Action.NONE))

@@ -33,6 +33,7 @@ from .model import (
     ShopOrder,
 )
 from .money import format_minor, share, tax_of_gross
+from .states import OperationKind
 
 SHIPPING_REFERENCE = "shipping"
 _CAPTURABLE = frozenset({"AUTHORIZED", "PART_CAPTURED"})
@@ -66,9 +67,17 @@ def plan(
 
 def _plan_cancel(klarna: KlarnaOrder) -> tuple[PlannedOperation, ...]:
     if klarna.status == "AUTHORIZED" and klarna.captured == 0:
-        return (PlannedOperation("cancel", klarna.id, klarna.remaining, description="Order cancelled in the shop"),)
+        return (
+            PlannedOperation(
+                OperationKind.CANCEL, klarna.id, klarna.remaining, description="Order cancelled in the shop"
+            ),
+        )
     if klarna.status == "PART_CAPTURED" and klarna.remaining > 0:
-        return (PlannedOperation("release", klarna.id, klarna.remaining, description="Order cancelled in the shop"),)
+        return (
+            PlannedOperation(
+                OperationKind.RELEASE, klarna.id, klarna.remaining, description="Order cancelled in the shop"
+            ),
+        )
     return ()
 
 
@@ -239,7 +248,7 @@ def _plan_captures(
         # An amount of 0 (free goods) is recorded, not sent: Klarna refuses empty captures.
         operations.append(
             PlannedOperation(
-                "capture",
+                OperationKind.CAPTURE,
                 fulfillment.id,
                 amount,
                 tuple(lines),
@@ -253,7 +262,9 @@ def _refundable(
     order: ShopOrder, klarna: KlarnaOrder, operations: list[PlannedOperation], books: _Books
 ) -> dict[str, int]:
     """Per line reference: units captured, not refunded, and not still kept in a captured shipment."""
-    captured_refs = {c.reference for c in klarna.captures} | {op.reference for op in operations if op.kind == "capture"}
+    captured_refs = {c.reference for c in klarna.captures} | {
+        op.reference for op in operations if op.kind is OperationKind.CAPTURE
+    }
     kept: dict[str, int] = {}
     for fulfillment in order.fulfillments:
         if fulfillment.status in SHIPPED and fulfillment.id in captured_refs:
@@ -299,7 +310,9 @@ def _plan_refunds(
     blocked: list[Blocked],
 ) -> None:
     refunded_refs = {r.reference for r in klarna.refunds}
-    available = klarna.captured + sum(op.amount for op in operations if op.kind == "capture") - klarna.refunded
+    available = (
+        klarna.captured + sum(op.amount for op in operations if op.kind is OperationKind.CAPTURE) - klarna.refunded
+    )
     refundable = _refundable(order, klarna, operations, books)
     wanted: list[tuple[str, list[KlarnaLine], str]] = []
     for fulfillment in sorted(order.fulfillments, key=lambda f: f.number):
@@ -331,6 +344,10 @@ def _plan_refunds(
         available -= amount
         operations.append(
             PlannedOperation(
-                "refund", reference, amount, tuple(lines), description=f"{description} of order {order.number}"
+                OperationKind.REFUND,
+                reference,
+                amount,
+                tuple(lines),
+                description=f"{description} of order {order.number}",
             )
         )

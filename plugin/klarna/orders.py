@@ -1,11 +1,11 @@
-"""Klarna's order JSON -> the domain's :class:`KlarnaOrder`, and request bodies from planned operations."""
+"""Klarna's order JSON -> the domain's :class:`KlarnaOrder`. (Request bodies: ``plugin/services/kinds.py``.)"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund, PlannedOperation, RecordedLine
+from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund, RecordedLine
 
 
 def _time(value: str | None) -> datetime | None:
@@ -57,21 +57,3 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
             for r in raw.get("refunds") or []
         ),
     )
-
-
-def request_body(op: PlannedOperation) -> dict[str, Any] | None:
-    """The JSON body Klarna expects for ``op`` (None for cancel and release, which take none)."""
-    lines = [line.as_json() for line in op.lines]
-    if op.kind == "capture":
-        body: dict[str, Any] = {"captured_amount": op.amount, "reference": op.reference[:255], "order_lines": lines}
-        if op.description:
-            body["description"] = op.description[:255]
-        if op.tracking_number:
-            body["shipping_info"] = [{"tracking_number": op.tracking_number[:100]}]
-        return body
-    if op.kind == "refund":
-        body = {"refunded_amount": op.amount, "reference": op.reference[:255], "order_lines": lines}
-        if op.description:
-            body["description"] = op.description[:255]
-        return body
-    return None

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from plugin.db.models import ChannelSettings, Operation, ProcessException, utcnow
 from plugin.domain.model import ORDER_STATUSES, Action, KlarnaOrder
 from plugin.domain.money import format_minor
+from plugin.domain.states import ExceptionState, OperationState, transition
 from plugin.klarna.client import BASE_URLS, base_url
 from plugin.klarna.errors import KlarnaAuthError, KlarnaError, KlarnaNotFoundError, KlarnaTransportError
 from plugin.klarna.orders import parse_order
@@ -38,7 +39,7 @@ from plugin.services.merchant import (
 
 logger = logging.getLogger(__name__)
 
-OPERATION_STATES = ("pending", "succeeded", "failed")
+OPERATION_STATES = tuple(state.value for state in OperationState)
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
@@ -260,7 +261,7 @@ def open_exception(session: Session, saleor_api_url: str, exception_id: int) -> 
 def dismiss_exception(session: Session, saleor_api_url: str, exception_id: int) -> str:
     """Close the exception without acting: the admin handled it elsewhere."""
     exc = open_exception(session, saleor_api_url, exception_id)
-    exc.state = "dismissed"
+    exc.state = transition(ExceptionState(exc.state), ExceptionState.DISMISSED).value
     exc.resolved_at = utcnow()
     return f"exception #{exception_id} dismissed"
 

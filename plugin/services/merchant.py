@@ -6,7 +6,7 @@ The same validation serves the settings page and ``klarna-om settings import``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from sqlalchemy import select
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from plugin.crypto import SecretBox
 from plugin.db.models import ChannelSettings
 from plugin.domain.model import DEFAULT_MAPPING, ORDER_STATUSES, Action, Options
+from plugin.domain.model import MerchantSettings as MerchantSettings  # re-exported: it moved to the domain
 
 REGIONS = ("EU", "NA", "OC")
 ENVIRONMENTS = ("live", "playground")
@@ -39,33 +40,6 @@ class SettingsInvalid(ValueError):
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
         self.errors = errors
-
-
-@dataclass(frozen=True)
-class MerchantSettings:
-    channel: str
-    region: str = "EU"
-    environment: str = "playground"
-    username: str = ""
-    password: str | None = None  # plaintext only in memory; never exported
-    mapping: dict[str, Action] = field(default_factory=lambda: dict(DEFAULT_MAPPING))
-    options: Options = field(default_factory=Options)
-
-    @property
-    def has_credentials(self) -> bool:
-        return bool(self.username and self.password)
-
-    def public(self) -> dict[str, Any]:
-        """Everything but the secret, as JSON (export, settings page)."""
-        return {
-            "channel": self.channel,
-            "region": self.region,
-            "environment": self.environment,
-            "username": self.username,
-            "password_set": self.password is not None,
-            "mapping": {status: Action(action).value for status, action in self.mapping.items()},
-            "options": asdict(self.options),
-        }
 
 
 def validate(data: dict[str, Any], *, existing: MerchantSettings | None = None) -> MerchantSettings:

@@ -6,22 +6,17 @@ claims with a compare-and-set UPDATE. Either way a job is held by one lease at a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, case, or_, select, text, update
+from sqlalchemy import Connection, CursorResult, and_, bindparam, case, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from plugin.db.models import Job, UTCDateTime, utcnow
+from plugin.domain.ledger import ClaimedJob
 
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: int
-    saleor_api_url: str
-    order_id: str
-    attempts: int
-    owner: str
+__all__ = ["ClaimedJob", "claim", "counts", "enqueue", "finish", "renew", "retry_later", "run_now"]
 
 
 # One statement for PostgreSQL and SQLite (>= 3.24), built once: the webhook path runs it on every
@@ -48,6 +43,16 @@ def enqueue(
     )
 
 
+def run_now(session: Session, saleor_api_url: str, order_id: str) -> None:
+    """An admin asked: the order's waiting job runs at once, with a fresh attempt budget."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.saleor_api_url == saleor_api_url, Job.order_id == order_id, Job.requested_seq > Job.done_seq)
+        .values(run_after=now, attempts=0, updated_at=now)
+    )
+
+
 def _due(now: datetime):  # type: ignore[no-untyped-def]
     return and_(
         Job.requested_seq > Job.done_seq,
@@ -61,9 +66,13 @@ def claim(
 ) -> list[ClaimedJob]:
     """Lease up to ``limit`` due jobs for ``owner`` in one statement; commit the session afterwards.
 
+    A claim is not an attempt: ``attempts`` counts failed runs (see :func:`retry_later`), so a worker
+    killed mid-job does not use up the order's budget.
+
     PostgreSQL: the inner SELECT locks with FOR UPDATE SKIP LOCKED, so concurrent claimers take
     different rows. SQLite runs the whole UPDATE under its single write lock.
     """
+    leased_at = time.monotonic()
     now = now or utcnow()
     due = select(Job.id).where(_due(now)).order_by(Job.run_after, Job.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
@@ -75,13 +84,12 @@ def claim(
             leased_until=now + timedelta(seconds=lease_seconds),
             lease_owner=owner,
             claimed_seq=Job.requested_seq,
-            attempts=Job.attempts + 1,
             updated_at=now,
         )
         .returning(Job.id, Job.saleor_api_url, Job.order_id, Job.attempts)
         .execution_options(synchronize_session=False)
     ).all()
-    return [ClaimedJob(row.id, row.saleor_api_url, row.order_id, row.attempts, owner) for row in rows]
+    return [ClaimedJob(row.id, row.saleor_api_url, row.order_id, row.attempts, owner, leased_at) for row in rows]
 
 
 def renew(session: Session, job: ClaimedJob, *, lease_seconds: int) -> bool:
@@ -92,11 +100,13 @@ def renew(session: Session, job: ClaimedJob, *, lease_seconds: int) -> bool:
         .where(Job.id == job.id, Job.lease_owner == job.owner)
         .values(leased_until=now + timedelta(seconds=lease_seconds), updated_at=now)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
 
 
-def finish(session: Session, job: ClaimedJob, *, again_in: float | None = None) -> None:
-    """Mark the claimed sequence done; ``again_in`` asks for one more sync later (e.g. fraud review)."""
+def finish(session: Session, job: ClaimedJob, *, again_in: float | None = None) -> bool:
+    """Mark the claimed sequence done; ``again_in`` asks for one more sync later (e.g. fraud review).
+
+    False when another worker holds the job (nothing changed)."""
     now = utcnow()
     values: dict[str, object] = {
         "done_seq": Job.claimed_seq, "leased_until": None, "lease_owner": None,
@@ -107,13 +117,17 @@ def finish(session: Session, job: ClaimedJob, *, again_in: float | None = None) 
             (Job.requested_seq > Job.claimed_seq, Job.requested_seq), else_=Job.claimed_seq + 1
         )
         values["run_after"] = case((Job.requested_seq > Job.claimed_seq, now), else_=now + timedelta(seconds=again_in))
-    session.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.owner).values(**values))
+    result = session.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.owner).values(**values))
+    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
 
 
-def retry_later(session: Session, job: ClaimedJob, *, delay: float, error: str) -> None:
-    """Release the lease and try again after ``delay`` seconds (the work is still due)."""
+def retry_later(session: Session, job: ClaimedJob, *, delay: float, error: str, failed: bool = True) -> bool:
+    """Release the lease and try again after ``delay`` seconds (the work is still due).
+
+    ``failed`` counts the run against the attempt budget; a run that made progress starts it afresh.
+    False when another worker holds the job (nothing changed)."""
     now = utcnow()
-    session.execute(
+    result = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.lease_owner == job.owner)
         .values(
@@ -121,9 +135,11 @@ def retry_later(session: Session, job: ClaimedJob, *, delay: float, error: str) 
             lease_owner=None,
             run_after=now + timedelta(seconds=delay),
             last_error=error[:2000],
+            attempts=Job.attempts + 1 if failed else 0,
             updated_at=now,
         )
     )
+    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
 
 
 def counts(session: Session) -> dict[str, int]:

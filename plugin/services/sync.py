@@ -1,86 +1,100 @@
 """sync_order: make Klarna reflect one Saleor order, durably, and tell the shop (DESIGN §2 steps 3-6).
 
-Each planned operation is written to the ledger with its idempotency key before the Klarna call
-and its result recorded after, so a crash at any point resumes: the next run re-reads Klarna,
-recognises what was performed by its reference, and re-sends what was not with the same key.
+The use case works through three ports (:mod:`plugin.services.ports`): Klarna, Saleor, and the
+ledger repository. Each planned operation is written to the ledger with its idempotency key before
+the Klarna call, and its outcome is recorded with its note; so a crash at any point resumes: the
+next run re-reads Klarna, recognises what was performed (:data:`plugin.services.kinds.KINDS`), and
+re-sends what was not with the same key. Writes are batched: a run that performs one capture
+commits the ledger row (renewing the lease) before the call, then the outcome with its note, then
+the note's delivery with the job's completion.
+
+Nothing stranded, nothing silent: a failed run counts against the attempt budget only if it made no
+progress; notes wait in the outbox until Saleor has them; giving up leaves an open exception and a
+note saying what is not done; an exception resolves itself when a later run does what it was about.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import random
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from plugin.crypto import SecretBox
-from plugin.db import Database
-from plugin.db.models import Installation, Note, Operation, ProcessException, utcnow
-from plugin.domain.model import (
-    DEFAULT_MAPPING,
-    Action,
-    KlarnaCapture,
-    KlarnaOrder,
-    KlarnaRefund,
-    PlannedOperation,
-    RecordedLine,
-    ShopOrder,
+from plugin.domain.ledger import (
+    Changes,
+    ClaimedJob,
+    Committed,
+    ExceptionDraft,
+    Finish,
+    JobSnapshot,
+    LedgerOperation,
+    NewOperation,
+    NoteDraft,
+    OpenException,
+    OperationUpdate,
+    QueuedNote,
+    RetryLater,
 )
+from plugin.domain.model import Action, Blocked, KlarnaOrder, MerchantSettings, PlannedOperation, ShopOrder
 from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
-from plugin.klarna.errors import KlarnaError, KlarnaNotFoundError
-from plugin.klarna.orders import parse_order, recorded_lines, request_body
-from plugin.services import queue
-from plugin.services.merchant import MerchantSettings, SettingsStore
+from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
+from plugin.services.kinds import KINDS, fulfillment_name
+from plugin.services.ports import (
+    KlarnaFailure,
+    KlarnaPort,
+    LeaseLost,
+    LedgerRepository,
+    SaleorPort,
+    SaleorUnavailable,
+    Transient,
+)
+
+__all__ = ["LeaseLost", "Outcome", "SyncDeps", "Transient", "backoff", "idempotency_key", "sync_order"]
 
 logger = logging.getLogger(__name__)
 
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
 FRAUD_RECHECK_SECONDS = 900.0
+NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
+# After giving up, the order is checked again on its own (nothing stranded) at this many retry
+# bases, at most 15 minutes; the open exception tells the admin meanwhile.
+GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 3000.0, 900.0
+ANY_CHANNEL = "*"
 
 
-class SaleorPort(Protocol):
-    def get_order(self, order_id: str, metadata_key: str = ...) -> ShopOrder | None: ...
-    def add_note(self, order_id: str, message: str) -> None: ...
-    def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None: ...
+def backoff(
+    attempts: int,
+    *,
+    base: float,
+    cap: float = 300.0,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Exponential backoff with jitter (half to full), at least ``retry_after``."""
+    rng = rng or random.Random()
+    delay = min(cap, base * float(2 ** max(attempts - 1, 0))) * rng.uniform(0.5, 1.0)
+    return max(delay, retry_after or 0.0)
 
 
-class KlarnaPort(Protocol):
-    def get_order(self, order_id: str) -> Any: ...
-    def capture(self, order_id: str, body: dict[str, Any], idempotency_key: str) -> Any: ...
-    def refund(self, order_id: str, body: dict[str, Any], idempotency_key: str) -> Any: ...
-    def cancel(self, order_id: str, idempotency_key: str) -> Any: ...
-    def release_remaining_authorization(self, order_id: str, idempotency_key: str) -> Any: ...
-
-
-class Transient(Exception):
-    """Worth another try later (Klarna 5xx/429/timeouts, Saleor unreachable)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class LeaseLost(Exception):
-    """Another worker took the job over; stop without touching anything."""
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
 class SyncDeps:
-    db: Database
-    store: SettingsStore
-    box: SecretBox
+    repo: LedgerRepository
     saleor_for: Callable[[str, str], SaleorPort]  # (saleor_api_url, token)
     klarna_for: Callable[[MerchantSettings], KlarnaPort]
     lease_seconds: int = 60
     max_attempts: int = 8
-    now: Callable[[], datetime] = utcnow
+    retry_base: float = 2.0
+    now: Callable[[], datetime] = _utcnow
+    monotonic: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -88,6 +102,8 @@ class Outcome:
     performed: list[str] = field(default_factory=list)
     again_in: float | None = None
     skipped: str | None = None
+    retry_in: float | None = None  # the run failed and will be retried
+    gave_up: bool = False
 
 
 def idempotency_key(
@@ -98,62 +114,86 @@ def idempotency_key(
     return str(uuid.uuid5(KEY_NAMESPACE, name))
 
 
-def sync_order(deps: SyncDeps, job: queue.ClaimedJob) -> Outcome:
-    """Run one claimed job. Raises :class:`Transient` to be retried, :class:`LeaseLost` to walk away."""
-    with deps.db.transaction() as session:
-        installation = session.get(Installation, job.saleor_api_url)
-        if installation is None:
-            return Outcome(skipped="installation removed")
-        token = deps.box.decrypt(installation.token_encrypted)
-        app_id = installation.app_id
-        by_channel = {m.channel: m for m in deps.store.all(session, job.saleor_api_url)}
-    saleor = deps.saleor_for(job.saleor_api_url, token)
-    any_channel = by_channel.get("*")
-    metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
-    order = _call_saleor(lambda: saleor.get_order(job.order_id, metadata_key))
-    if order is None or order.klarna_order_id is None:
-        return Outcome(skipped="not a Klarna order")
-    ctx = _Context(deps, job, saleor, order, app_id)
-    merchant = by_channel.get(order.channel_slug, any_channel)
-    if merchant is None or not merchant.has_credentials:
-        mapping = merchant.mapping if merchant else DEFAULT_MAPPING
-        if Action(mapping.get(order.status, Action.NONE)) is Action.NONE:
-            return ctx.outcome  # nothing to do yet; tell the admin when something is
-        ctx.exception_once(
-            "NOT_CONFIGURED",
-            f"Klarna is not configured for channel {order.channel_slug}: set the API credentials in the app's settings",
-        )
-        ctx.flush_notes(merchant)
-        return ctx.outcome
-    ctx.run(merchant)
-    ctx.flush_notes(merchant)
-    if ctx.outcome.performed:
-        ctx.write_summary()
-    return ctx.outcome
+def sync_order(deps: SyncDeps, job: ClaimedJob) -> Outcome:
+    """Run one claimed job to its end: done, retried later, or given up (with a note and an exception).
 
-
-def _call_saleor(call: Callable[[], Any]) -> Any:
-    from plugin.saleor.client import SaleorError
-
+    Raises :class:`LeaseLost` when another worker took the job over (nothing more is written).
+    """
+    snapshot = deps.repo.load(job)
+    if snapshot is None:
+        deps.repo.commit(job, Changes(job=Finish()), lease_seconds=deps.lease_seconds)
+        return Outcome(skipped="installation removed")
+    run = _Run(deps, job, snapshot)
     try:
-        return call()
-    except SaleorError as exc:
-        raise Transient(f"Saleor: {exc}") from None
+        run.sync()
+    except Transient as exc:
+        run.settle_failure(exc)
+    return run.outcome
 
 
-class _Context:
-    def __init__(
-        self, deps: SyncDeps, job: queue.ClaimedJob, saleor: SaleorPort, order: ShopOrder, app_id: str
-    ) -> None:
-        self.deps, self.job, self.saleor, self.order, self.app_id = deps, job, saleor, order, app_id
-        self.klarna_id: str = order.klarna_order_id or ""
+def fail_job(deps: SyncDeps, job: ClaimedJob, error: str) -> Outcome:
+    """A run that broke outside the use case's own handling (a bug, the database): retry or give up."""
+    snapshot = deps.repo.load(job)
+    if snapshot is None:
+        deps.repo.commit(job, Changes(job=Finish()), lease_seconds=deps.lease_seconds)
+        return Outcome(skipped="installation removed")
+    run = _Run(deps, job, snapshot)
+    run.settle_failure(Transient(error))
+    return run.outcome
+
+
+class _Run:
+    """One run of one job: the order, its ledger as the run sees it, and the writes not yet committed."""
+
+    def __init__(self, deps: SyncDeps, job: ClaimedJob, snapshot: JobSnapshot) -> None:
+        self.deps, self.job, self.snapshot = deps, job, snapshot
+        self.ops: dict[int, LedgerOperation] = {op.id: op for op in snapshot.operations}
+        self.notes: dict[int, QueuedNote] = {note.id: note for note in snapshot.pending_notes}
+        self.exceptions: dict[int, OpenException] = {e.id: e for e in snapshot.exceptions}
+        self.pending = Changes()
         self.outcome = Outcome()
+        self.progressed = False
+        self.lease_from = job.leased_at
+        self.saleor: SaleorPort = deps.saleor_for(job.saleor_api_url, snapshot.token)
+        self.order: ShopOrder | None = None
+        self.merchant: MerchantSettings | None = None
         self.klarna_state: KlarnaOrder | None = None
+        self.told: set[str] = set()  # subjects raised in this run
 
     # -- the run -------------------------------------------------------------------------------
 
-    def run(self, merchant: MerchantSettings) -> None:
-        if Action(merchant.mapping.get(self.order.status, Action.NONE)) is Action.NONE and not self._has_pending():
+    def sync(self) -> None:
+        channels = self.snapshot.channels
+        any_channel = channels.get(ANY_CHANNEL)
+        metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
+        try:
+            order = self.saleor.get_order(self.job.order_id, metadata_key)
+        except SaleorUnavailable as exc:
+            raise Transient(str(exc)) from None
+        if order is None or order.klarna_order_id is None:
+            self.outcome.skipped = "not a Klarna order"
+            self._commit(job=Finish())
+            return
+        self.order = order
+        self.merchant = channels.get(order.channel_slug, any_channel)
+        if self.merchant is None or not self.merchant.has_credentials:
+            mapping = self.merchant or MerchantSettings(channel=ANY_CHANNEL)
+            if mapping.action_for(order.status) is not Action.NONE:
+                self._raise(
+                    "config",
+                    "NOT_CONFIGURED",
+                    f"Klarna is not configured for channel {order.channel_slug}: "
+                    "set the API credentials in the app's settings",
+                    note_key=f"exception:NOT_CONFIGURED:{order.klarna_order_id}",
+                )
+        else:
+            self._sync_klarna(self.merchant)
+        self._resolve_settled()
+        self._deliver_and_finish()
+
+    def _sync_klarna(self, merchant: MerchantSettings) -> None:
+        order = self._order
+        if merchant.action_for(order.status) is Action.NONE and not self._unsettled():
             return  # nothing to reflect: no need to ask Klarna
         klarna = self.deps.klarna_for(merchant)
         state = self._read_klarna(klarna)
@@ -161,332 +201,400 @@ class _Context:
             return
         state = self._reconcile(state)
         self.klarna_state = state
-        planned = plan(self.order, state, merchant.mapping, merchant.options, now=self.deps.now())
+        planned = plan(order, state, merchant.mapping, merchant.options, now=self.deps.now())
         self._supersede(planned.operations)
         for blocked in planned.blocked:
-            if blocked.retry_later:
-                self.outcome.again_in = FRAUD_RECHECK_SECONDS
-            verb = "refunded" if blocked.code == "EXCEEDS_CAPTURED" else "captured"
-            self.note_once(
-                f"blocked:{blocked.code}:{blocked.reference}",
-                f"Klarna: not {verb}: {blocked.message} (Klarna order {self.klarna_id}).",
-                exception=(blocked.code, blocked.message) if blocked.code.startswith("EXCEEDS") else None,
-            )
+            self._blocked(blocked)
         for op in planned.operations:
             if not self._perform(klarna, op):
                 break
 
-    def _supersede(self, operations: tuple[PlannedOperation, ...]) -> None:
-        """Pending rows Klarna does not have and the plan no longer wants (the order changed
-        before they were sent) are closed, so they are never sent later."""
-        wanted = {(op.kind, op.reference, op.amount) for op in operations}
-        with self.deps.db.transaction() as session:
-            for op in self._ops(session):
-                if op.state == "pending" and (op.kind, op.reference, op.amount) not in wanted:
-                    op.state = "superseded"
+    @property
+    def _order(self) -> ShopOrder:
+        assert self.order is not None  # set before any step that needs it
+        return self.order
+
+    @property
+    def _klarna_id(self) -> str:
+        return self._order.klarna_order_id or ""
+
+    def _unsettled(self) -> bool:
+        return any(op.state is OperationState.PENDING for op in self.ops.values())
 
     def _read_klarna(self, klarna: KlarnaPort) -> KlarnaOrder | None:
         try:
-            return parse_order(klarna.get_order(self.klarna_id).json)
-        except KlarnaNotFoundError as exc:
-            self.exception_once("UNKNOWN_KLARNA_ORDER", f"Klarna does not know order {self.klarna_id} ({exc})", exc)
-        except KlarnaError as exc:
+            return klarna.get_order(self._klarna_id)
+        except KlarnaFailure as exc:
             if exc.retryable:
-                raise Transient(str(exc), getattr(exc, "retry_after", None)) from None
-            self.exception_once(
-                getattr(exc, "error_code", None) or "KLARNA_ERROR",
-                f"Klarna refused to read order {self.klarna_id}: {exc}",
-                exc,
-            )
-        return None
-
-    def _has_pending(self) -> bool:
-        with self.deps.db.transaction() as session:
-            return any(op.state == "pending" for op in self._ops(session))
-
-    def _ops(self, session: Session) -> list[Operation]:
-        return list(
-            session.scalars(
-                select(Operation)
-                .where(Operation.saleor_api_url == self.job.saleor_api_url, Operation.order_id == self.order.id)
-                .order_by(Operation.id)
-            )
-        )
+                raise Transient(str(exc), exc.retry_after, progressed=self.progressed) from None
+            if exc.not_found:
+                code, message = "UNKNOWN_KLARNA_ORDER", f"Klarna does not know order {self._klarna_id}"
+            else:
+                code, message = exc.code or "KLARNA_ERROR", f"Klarna refused to read the order: {exc.reason}"
+            self._raise("read", code, message, note_key=f"exception:{code}:{self._klarna_id}", failure=exc)
+            return None
 
     def _reconcile(self, state: KlarnaOrder) -> KlarnaOrder:
-        """Settle pending ledger rows against Klarna's truth; make ledger successes visible to the plan."""
-        capture_refs = {c.reference: c for c in state.captures}
-        refund_refs = {r.reference: r for r in state.refunds}
-        extra_captures, extra_refunds = [], []
-        with self.deps.db.transaction() as session:
-            for op in self._ops(session):
-                if op.state in ("pending", "failed"):
-                    performed = (
-                        (op.kind == "capture" and op.reference in capture_refs)
-                        or (op.kind == "refund" and op.reference in refund_refs)
-                        or (op.kind == "cancel" and state.status == "CANCELLED")
-                        or (op.kind == "release" and state.remaining == 0)
-                    )
-                    if performed:
-                        found = capture_refs.get(op.reference) or refund_refs.get(op.reference)
-                        if op.state == "failed":
-                            # It failed only as far as we could tell (a lost response): Klarna has it.
-                            session.execute(
-                                update(ProcessException)
-                                .where(ProcessException.operation_id == op.id, ProcessException.state == "open")
-                                .values(state="resolved", resolved_at=utcnow())
-                            )
-                        self._succeeded(
-                            session, op, getattr(found, "capture_id", None) or getattr(found, "refund_id", None)
-                        )
-                if op.state == "succeeded":
-                    if op.kind == "capture" and op.reference not in capture_refs:
-                        extra_captures.append(
-                            KlarnaCapture(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op))
-                        )
-                    if op.kind == "refund" and op.reference not in refund_refs:
-                        extra_refunds.append(
-                            KlarnaRefund(op.klarna_resource_id or "", op.reference, op.amount, _recorded(op))
-                        )
-        if extra_captures or extra_refunds:
-            logger.warning("Klarna does not list operations the ledger recorded", extra=self._log_extra())
-            state = replace(
-                state, captures=state.captures + tuple(extra_captures), refunds=state.refunds + tuple(extra_refunds)
-            )
+        """Settle unsettled ledger rows against Klarna's truth; make ledger successes visible to the plan."""
+        for op in list(self.ops.values()):
+            if op.state in (OperationState.PENDING, OperationState.FAILED):
+                done = KINDS[op.kind].done_in(op, state)
+                if done is not None:
+                    self._succeeded(op, done.resource_id)
+        for op in self.ops.values():
+            spec = KINDS[op.kind]
+            if op.state is OperationState.SUCCEEDED and spec.done_in(op, state) is None and spec.show_in:
+                logger.warning("Klarna does not list an operation the ledger recorded", extra=self._log_extra())
+                state = spec.show_in(state, op)
         return state
 
-    def _perform(self, klarna: KlarnaPort, planned: PlannedOperation) -> bool:
-        """Ledger first, then Klarna, then the result. False stops the remaining operations."""
-        with self.deps.db.transaction() as session:
-            op = session.scalar(
-                select(Operation).where(
-                    Operation.saleor_api_url == self.job.saleor_api_url,
-                    Operation.order_id == self.order.id,
-                    Operation.kind == planned.kind,
-                    Operation.reference == planned.reference,
-                    Operation.amount == planned.amount,
-                )
+    def _supersede(self, operations: Iterable[PlannedOperation]) -> None:
+        """Pending rows the plan no longer wants (the order changed before they were sent) are closed,
+        so they are never sent later."""
+        wanted = {(op.kind, op.reference, op.amount) for op in operations}
+        for op in list(self.ops.values()):
+            if op.state is OperationState.PENDING and (op.kind, op.reference, op.amount) not in wanted:
+                self._update(replace(op, state=transition(op.state, OperationState.SUPERSEDED)))
+
+    def _blocked(self, blocked: Blocked) -> None:
+        if blocked.retry_later:
+            self.outcome.again_in = FRAUD_RECHECK_SECONDS
+        verb = BLOCKED_VERB.get(blocked.code, "captured")
+        note_key = f"blocked:{blocked.code}:{blocked.reference}:{self._klarna_id}"
+        message = f"Klarna: not {verb}: {blocked.message}."
+        if blocked.code in BLOCKED_EXCEPTIONS:
+            self._raise(
+                f"blocked:{blocked.code}:{blocked.reference}",
+                blocked.code,
+                blocked.message,
+                note_key=note_key,
+                note=message,
             )
-            if op is not None and op.state == "superseded":
-                op.state = "pending"  # wanted again: the same intent keeps its key
-            if op is not None and op.state != "pending":
-                return op.state == "succeeded"
-            if op is None:
-                body = request_body(planned)
-                op = Operation(
-                    saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, klarna_order_id=self.klarna_id,
-                    kind=planned.kind, reference=planned.reference, amount=planned.amount, currency=self.order.currency,
-                    idempotency_key=idempotency_key(self.job.saleor_api_url, self.order.id, self.klarna_id, planned, 0),
-                    request_body=json.dumps(body) if body is not None else None,
-                )  # fmt: skip
-                session.add(op)
-            if not queue.renew(session, self.job, lease_seconds=self.deps.lease_seconds):
-                raise LeaseLost(f"job {self.job.id}")
-            if planned.amount == 0:
+        else:
+            self.pending.notes.append(NoteDraft(note_key, message))
+
+    # -- one operation -------------------------------------------------------------------------
+
+    def _perform(self, klarna: KlarnaPort, planned: PlannedOperation) -> bool:
+        """Ledger first, then Klarna, then the outcome. False stops the remaining operations."""
+        spec = KINDS[planned.kind]
+        op = next(
+            (
+                o
+                for o in self.ops.values()
+                if (o.kind, o.reference, o.amount) == (planned.kind, planned.reference, planned.amount)
+            ),
+            None,
+        )
+        if op is not None and op.state is OperationState.SUPERSEDED:
+            op = self._update(replace(op, state=transition(op.state, OperationState.PENDING)))
+        if op is not None and op.state is not OperationState.PENDING:
+            return op.state is OperationState.SUCCEEDED
+        if op is None:
+            free = planned.amount == 0
+            new = NewOperation(
+                kind=planned.kind,
+                reference=planned.reference,
+                amount=planned.amount,
+                currency=self._order.currency,
+                klarna_order_id=self._klarna_id,
+                idempotency_key=idempotency_key(self.job.saleor_api_url, self._order.id, self._klarna_id, planned, 0),
+                request_body=spec.body(planned),
                 # Free goods: Klarna refuses an empty capture or refund; the ledger remembers the
                 # units so the next shipment of the line is valued after them.
-                op.state = "succeeded"
+                state=OperationState.SUCCEEDED if free else OperationState.PENDING,
+            )
+            committed = self._commit(new_operation=new)
+            assert committed.operation_id is not None
+            op = LedgerOperation(
+                id=committed.operation_id,
+                kind=new.kind,
+                reference=new.reference,
+                amount=new.amount,
+                currency=new.currency,
+                klarna_order_id=new.klarna_order_id,
+                idempotency_key=new.idempotency_key,
+                generation=0,
+                state=new.state,
+                request_body=new.request_body,
+                attempts=0 if free else 1,
+            )
+            self.ops[op.id] = op
+            if free:
                 return True
-            op.attempts += 1
-            key = op.idempotency_key
-            body = json.loads(op.request_body) if op.request_body else None
-        return self._send(klarna, planned, key, body)
-
-    def _send(self, klarna: KlarnaPort, planned: PlannedOperation, key: str, body: dict[str, Any] | None) -> bool:
+        else:
+            self.pending.operations.append(OperationUpdate(op, attempted=True))
+            self._commit()
         try:
-            if planned.kind == "capture":
-                response = klarna.capture(self.klarna_id, body or {}, key)
-            elif planned.kind == "refund":
-                response = klarna.refund(self.klarna_id, body or {}, key)
-            elif planned.kind == "cancel":
-                response = klarna.cancel(self.klarna_id, key)
-            else:
-                response = klarna.release_remaining_authorization(self.klarna_id, key)
-        except KlarnaError as exc:
-            return self._failed(planned, key, exc)
-        with self.deps.db.transaction() as session:
-            op = self._by_key(session, key)
-            _append_log(op, response.log)
-            self._succeeded(session, op, response.resource_id)
-        self.outcome.performed.append(f"{planned.kind} {format_minor(planned.amount, self.order.currency)}")
+            result = spec.send(klarna, self._klarna_id, op.request_body, op.idempotency_key)
+        except KlarnaFailure as exc:
+            return self._failed(op, exc)
+        self._succeeded(op, result.resource_id, log=result.log)
+        self.outcome.performed.append(f"{op.kind.value} {format_minor(op.amount, op.currency)}")
         return True
 
-    def _failed(self, planned: PlannedOperation, key: str, exc: KlarnaError) -> bool:
-        final = not exc.retryable or self.job.attempts >= self.deps.max_attempts
-        with self.deps.db.transaction() as session:
-            op = self._by_key(session, key)
-            _append_log(op, getattr(exc, "log", None))
-            op.error_code = getattr(exc, "error_code", None) or exc.__class__.__name__
-            op.error_message = str(exc)[:2000]
-            op.correlation_id = getattr(exc, "correlation_id", None)
-            if final:
-                self._fail(session, op, planned, exc)
-        if not final:
-            # The row stays pending: the retry re-sends it with the same key.
-            raise Transient(str(exc), getattr(exc, "retry_after", None))
-        logger.warning(
-            "Klarna operation failed", extra=self._log_extra(op_kind=planned.kind, error_code=exc.__class__.__name__)
+    def _failed(self, op: LedgerOperation, exc: KlarnaFailure) -> bool:
+        failed = replace(op, error_code=exc.code, error_message=str(exc)[:2000], correlation_id=exc.correlation_id)
+        if exc.retryable:
+            # The row stays pending: the retry re-sends it with the same key. Past the attempt
+            # budget the run gives up (an exception, a note), and the order is checked again.
+            self._update(failed, log=exc.log)
+            raise Transient(str(exc), exc.retry_after, progressed=self.progressed)
+        failed = self._update(replace(failed, state=transition(op.state, OperationState.FAILED)), log=exc.log)
+        spec = KINDS[op.kind]
+        amount = format_minor(op.amount, op.currency)
+        reason = f"{exc.code}: {exc.reason}"
+        again = f" (retry {op.generation})" if op.generation else ""
+        message = f"the {spec.label} of {amount}{self._about(op)} failed{again}: {reason}"
+        self._raise(
+            f"op:{op.id}",
+            exc.code,
+            message,
+            note_key=f"op:{op.id}:failed:{op.generation}",
+            operation_id=op.id,
+            failure=exc,
+            what_to_do="Retry it from the app's process exceptions.",
         )
+        logger.warning("Klarna operation failed", extra=self._log_extra(op_kind=op.kind.value, error_code=exc.code))
         return False
 
-    def _fail(self, session: Session, op: Operation, planned: PlannedOperation, exc: KlarnaError) -> None:
-        op.state = "failed"
-        amount = format_minor(planned.amount, self.order.currency)
-        reason = f"{op.error_code}: {_messages(exc)}" + (
-            f" (correlation id {op.correlation_id})" if op.correlation_id else ""
+    def _about(self, op: LedgerOperation) -> str:
+        noun = {OperationKind.CAPTURE: "shipment", OperationKind.REFUND: "return"}.get(op.kind)
+        if noun is None or self.order is None or op.reference == "shipping":
+            return ""
+        return f" for {fulfillment_name(self.order, op.reference, noun)}"
+
+    def _succeeded(self, op: LedgerOperation, resource_id: str | None, log: Mapping[str, Any] | None = None) -> None:
+        done = replace(
+            op,
+            state=transition(op.state, OperationState.SUCCEEDED),
+            klarna_resource_id=resource_id or op.klarna_resource_id,
+            error_code=None,
+            error_message=None,
         )
-        if exc.retryable:
-            reason = f"still failing after {self.job.attempts} attempts: {reason}"
-        retry = f" (retry {op.generation})" if op.generation else ""
-        message = (
-            f"Klarna: {planned.kind} of {amount} failed{retry}: {reason}. Retry it from the app's process exceptions."
+        self._update(done, log=log)
+        self.pending.notes.append(NoteDraft(f"op:{op.id}:succeeded", KINDS[op.kind].success_note(done, self._order)))
+        self.progressed = True
+
+    def _update(self, op: LedgerOperation, log: Mapping[str, Any] | None = None) -> LedgerOperation:
+        self.ops[op.id] = op
+        self.pending.operations.append(OperationUpdate(op, log=log))
+        return op
+
+    def _failures(self) -> int:
+        """Failed runs so far, this one included."""
+        return self.job.attempts + 1
+
+    # -- exceptions ----------------------------------------------------------------------------
+
+    def _raise(
+        self,
+        subject: str,
+        code: str,
+        message: str,
+        *,
+        note_key: str,
+        operation_id: int | None = None,
+        failure: KlarnaFailure | None = None,
+        what_to_do: str = "",
+        note: str | None = None,
+    ) -> None:
+        """Open an exception with its note, once; reopen one whose retry is blocked again (a fresh note)."""
+        self.told.add(subject)
+        existing = next((e for e in self.exceptions.values() if e.subject == subject), None)
+        if existing is not None and existing.state is ExceptionState.OPEN:
+            return  # the admin was told; the note said it
+        correlation = f" (Klarna correlation id {failure.correlation_id})" if failure and failure.correlation_id else ""
+        if note is None:
+            text = message if message.startswith("Klarna") else f"Klarna: {message}"
+            note = f"{text}{correlation}." + (f" {what_to_do}" if what_to_do else "")
+        reopen = None
+        if existing is not None:
+            reopen = existing.id
+            reopened = existing.reopened + 1
+            note_key = f"{note_key}:again:{reopened}"
+            note = note.replace("Klarna: ", "Klarna, after Retry: ", 1)
+            self.exceptions[existing.id] = replace(
+                existing, state=transition(existing.state, ExceptionState.OPEN), reopened=reopened
+            )
+        self.pending.exceptions.append(
+            ExceptionDraft(
+                subject=subject,
+                code=code,
+                message=message,
+                note=NoteDraft(note_key, note),
+                operation_id=operation_id,
+                correlation_id=failure.correlation_id if failure else None,
+                log=(failure.log,) if failure and failure.log else (),
+                reopen=reopen,
+            )
         )
-        session.add(ProcessException(
-            saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, operation_id=op.id,
-            error_code=op.error_code, message=message, correlation_id=op.correlation_id, log=op.log,
-        ))  # fmt: skip
-        self._add_note(session, f"op:{op.id}:failed:{op.generation}", message)
-
-    def _by_key(self, session: Session, key: str) -> Operation:
-        return session.scalars(select(Operation).where(Operation.idempotency_key == key)).one()
-
-    def _succeeded(self, session: Session, op: Operation, resource_id: str | None) -> None:
-        op.state = "succeeded"
-        op.klarna_resource_id = resource_id or op.klarna_resource_id
-        op.error_code = op.error_message = None
-        self._add_note(session, f"op:{op.id}:succeeded", success_note(op, self.order))
-
-    # -- notes, exceptions, summary ----------------------------------------------------------
-
-    def _add_note(self, session: Session, dedupe: str, message: str) -> bool:
-        key = _dedupe_key(self.job.saleor_api_url, self.order.id, dedupe)
-        if session.scalar(select(Note.id).where(Note.dedupe_key == key)) is not None:
-            return False
-        session.add(
-            Note(saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, dedupe_key=key, message=message)
-        )
-        return True
-
-    def note_once(self, dedupe: str, message: str, exception: tuple[str, str] | None = None) -> None:
-        with self.deps.db.transaction() as session:
-            if self._add_note(session, f"{dedupe}:{self.klarna_id}", message) and exception:
-                session.add(ProcessException(
-                    saleor_api_url=self.job.saleor_api_url, order_id=self.order.id,
-                    error_code=exception[0], message=exception[1],
-                ))  # fmt: skip
-
-    def exception_once(self, code: str, message: str, exc: KlarnaError | None = None) -> None:
-        with self.deps.db.transaction() as session:
-            if not self._add_note(session, f"exception:{code}:{self.klarna_id}", f"Klarna: {message}."):
-                return
-            session.add(ProcessException(
-                saleor_api_url=self.job.saleor_api_url, order_id=self.order.id, error_code=code, message=message,
-                correlation_id=getattr(exc, "correlation_id", None),
-                log=json.dumps([exc.log] if exc is not None and getattr(exc, "log", None) else []),
-            ))  # fmt: skip
         logger.warning("process exception", extra=self._log_extra(error_code=code))
 
-    def flush_notes(self, merchant: MerchantSettings | None) -> None:
-        """Write pending notes; a failed note is retried on its own and never repeats Klarna work."""
-        write = merchant is None or merchant.options.write_notes
-        with self.deps.db.transaction() as session:
-            pending = list(
-                session.scalars(
-                    select(Note)
-                    .where(
-                        Note.saleor_api_url == self.job.saleor_api_url,
-                        Note.order_id == self.order.id,
-                        Note.state == "pending",
-                    )
-                    .order_by(Note.id)
-                )
-            )
-            if not write:
-                for note in pending:
-                    note.state = "skipped"
-                return
-        for note in pending:
-            with self.deps.db.transaction() as session:
-                # A worker whose lease ran out must not write: the one that took over will.
-                if not queue.renew(session, self.job, lease_seconds=self.deps.lease_seconds):
-                    raise LeaseLost(f"job {self.job.id}")
-            if note.message in self.order.notes:
-                # Written by a run that died before recording it: Saleor has it already.
-                with self.deps.db.transaction() as session:
-                    session.get(Note, note.id).state = "written"  # type: ignore[union-attr]
+    def _resolve_settled(self) -> None:
+        """Close the exceptions whose subject this run has done (a later sync did what they were about)."""
+        for exc in list(self.exceptions.values()):
+            if exc.subject in self.told or not self._settled(exc):
                 continue
-            try:
-                self.saleor.add_note(self.order.id, note.message)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the note pending
-                with self.deps.db.transaction() as session:
-                    session.get(Note, note.id).attempts += 1  # type: ignore[union-attr]
-                raise Transient(f"order note not written: {exc}") from None
-            with self.deps.db.transaction() as session:
-                session.get(Note, note.id).state = "written"  # type: ignore[union-attr]
+            transition(exc.state, ExceptionState.RESOLVED)
+            del self.exceptions[exc.id]
+            self.pending.resolved.append(exc.id)
 
-    def write_summary(self) -> None:
-        """Private metadata on the order (best effort: the ledger stays the record)."""
+    def _settled(self, exc: OpenException) -> bool:
+        kind, _, rest = exc.subject.partition(":")
+        if kind == "op":
+            op = self.ops.get(exc.operation_id or int(rest or 0))
+            return op is not None and op.state is OperationState.SUCCEEDED
+        if kind == "blocked":
+            code, _, reference = rest.partition(":")
+            wanted = BLOCKED_KIND.get(code)
+            return wanted is not None and self._done(wanted, reference)
+        if kind == "config":
+            return self.merchant is not None and self.merchant.has_credentials
+        if kind == "read":
+            return self.klarna_state is not None
+        return kind == "sync"  # the whole run went through
+
+    def _done(self, kind: OperationKind, reference: str) -> bool:
+        if any(
+            op.kind is kind and op.reference == reference and op.state is OperationState.SUCCEEDED
+            for op in self.ops.values()
+        ):
+            return True
         state = self.klarna_state
         if state is None:
+            return False
+        records = state.captures if kind is OperationKind.CAPTURE else state.refunds
+        return any(r.reference == reference for r in records)
+
+    # -- failure of the run --------------------------------------------------------------------
+
+    def settle_failure(self, exc: Transient) -> None:
+        """Retry later, or give up: an open exception and a note saying what is not done."""
+        progressed = self.progressed or exc.progressed
+        failures = self.job.attempts if progressed else self._failures()
+        if progressed or failures < self.deps.max_attempts:
+            delay = backoff(max(failures, 1), base=self.deps.retry_base, retry_after=exc.retry_after)
+            self.outcome.retry_in = delay
+            self._commit(job=RetryLater(delay, str(exc), failed=not progressed))
             return
-        with self.deps.db.transaction() as session:
-            ops = [op for op in self._ops(session) if op.state == "succeeded"]
-        captured = max(state.captured, sum(op.amount for op in ops if op.kind == "capture"))
-        refunded = max(state.refunded, sum(op.amount for op in ops if op.kind == "refund"))
-        status = ops[-1].kind if ops else state.status
+        self.outcome.gave_up = True
+        self._raise(
+            "sync",
+            "SYNC_FAILED",
+            f"the order could not be synced after {failures} attempts ({exc}); {self._not_done()}",
+            note_key=f"sync-failed:{self.deps.now().isoformat()}",
+            what_to_do="Check that Klarna and Saleor answer, then press Retry on the exception in the app.",
+        )
+        logger.error("sync gave up", extra={"order_id": self.job.order_id, "saleor_api_url": self.job.saleor_api_url})
+        self.outcome.again_in = min(GIVE_UP_RECHECK_BASES * self.deps.retry_base, GIVE_UP_RECHECK_MAX)
+        try:
+            self._deliver_and_finish()
+        except Transient:
+            self._commit(job=Finish(again_in=self.outcome.again_in))
+
+    def _not_done(self) -> str:
+        open_ops = [op for op in self.ops.values() if op.state is OperationState.PENDING]
+        if not open_ops:
+            return "Klarna may not reflect the order's latest status yet"
+        what = ", ".join(
+            f"the {KINDS[op.kind].label} of {format_minor(op.amount, op.currency)}{self._about(op)}" for op in open_ops
+        )
+        return f"not done in Klarna: {what}"
+
+    # -- notes, summary, commits ---------------------------------------------------------------
+
+    def _deliver_and_finish(self) -> None:
+        """Queue what the run decided, deliver the pending notes, and complete the job."""
+        write = self.merchant is None or self.merchant.options.write_notes
+        if not write:
+            self.pending.notes_skipped.extend(self.notes)
+            self.pending.skip_notes = True
+            self.notes.clear()
+            self._commit(job=self._finish())
+            self._write_summary()
+            return
+        if self.pending.empty and not self.notes:
+            self._commit(job=self._finish())
+            self._write_summary()
+            return
+        self._commit()
+        self._write_summary()
+        if self.notes:
+            self._deliver_notes()
+        self._commit(job=self._finish())
+
+    def _finish(self) -> Finish:
+        again_in = self.outcome.again_in
+        if self.notes:  # not delivered (no order to write to yet): try again later
+            again_in = min(again_in or NOTE_RECHECK_SECONDS, NOTE_RECHECK_SECONDS)
+        return Finish(again_in=again_in)
+
+    def _deliver_notes(self) -> None:
+        saleor = self.saleor
+        on_order = self.order.notes if self.order is not None else frozenset()
+        for note in sorted(self.notes.values(), key=lambda n: n.id):
+            self._ensure_lease()
+            if note.message not in on_order:  # else written by a run that died before recording it
+                try:
+                    saleor.add_note(self.job.order_id, note.message)
+                except SaleorUnavailable as exc:
+                    self.pending.note_failures.append(note.id)
+                    raise Transient(str(exc), progressed=self.progressed) from None
+            del self.notes[note.id]
+            self.pending.notes_written.append(note.id)
+            self.progressed = True
+
+    def _ensure_lease(self) -> None:
+        """A worker that may have lost its lease writes nothing to Saleor: renew it if half of it is used."""
+        if self.deps.monotonic() - self.lease_from > self.deps.lease_seconds / 2:
+            self._commit()
+
+    def _commit(
+        self, *, new_operation: NewOperation | None = None, job: Finish | RetryLater | None = None
+    ) -> Committed:
+        changes, self.pending = self.pending, Changes()
+        changes.new_operation, changes.job = new_operation, job
+        started = self.deps.monotonic()
+        committed = self.deps.repo.commit(self.job, changes, lease_seconds=self.deps.lease_seconds)
+        self.lease_from = started
+        for note in () if changes.skip_notes else committed.queued_notes:
+            self.notes[note.id] = note
+        return committed
+
+    def _write_summary(self) -> None:
+        """Private metadata on the order (best effort: the ledger stays the record)."""
+        state, order = self.klarna_state, self.order
+        if state is None or order is None or not self.outcome.performed:
+            return
+        done = [op for op in sorted(self.ops.values(), key=lambda o: o.id) if op.state is OperationState.SUCCEEDED]
+        captured = max(state.captured, sum(op.amount for op in done if op.kind is OperationKind.CAPTURE))
+        refunded = max(state.refunded, sum(op.amount for op in done if op.kind is OperationKind.REFUND))
+        last = done[-1].kind if done else None
         summary = {
-            "klarna_om.order_id": self.klarna_id,
-            "klarna_om.status": {"cancel": "CANCELLED", "release": "CAPTURED"}.get(status, state.status),
-            "klarna_om.captured": format_minor(captured, self.order.currency),
-            "klarna_om.refunded": format_minor(refunded, self.order.currency),
+            "klarna_om.order_id": self._klarna_id,
+            "klarna_om.status": SUMMARY_STATUS.get(last, state.status) if last else state.status,
+            "klarna_om.captured": format_minor(captured, order.currency),
+            "klarna_om.refunded": format_minor(refunded, order.currency),
         }
         try:
-            self.saleor.set_private_metadata(self.order.id, summary)
-        except Exception:  # noqa: BLE001
+            self.saleor.set_private_metadata(order.id, summary)
+        except SaleorUnavailable:
             logger.warning("order summary metadata not written", extra=self._log_extra())
 
-    def _log_extra(self, **more: Any) -> dict[str, Any]:
+    def _log_extra(self, **more: object) -> dict[str, object]:
         return {
             "saleor_api_url": self.job.saleor_api_url,
-            "order_id": self.order.id,
-            "klarna_order_id": self.klarna_id,
+            "order_id": self.job.order_id,
+            "klarna_order_id": self.order.klarna_order_id if self.order else None,
             **more,
         }
 
 
-def success_note(op: Operation, order: ShopOrder) -> str:
-    amount = format_minor(op.amount, op.currency)
-    if op.kind == "capture":
-        fulfillment = next((f for f in order.fulfillments if f.id == op.reference), None)
-        what = f"shipment {fulfillment.number}" if fulfillment else "a shipment"
-        tracking = f", tracking {fulfillment.tracking_number}" if fulfillment and fulfillment.tracking_number else ""
-        return f"Klarna: captured {amount} for {what} (capture {op.klarna_resource_id}{tracking})."
-    if op.kind == "refund":
-        fulfillment = next((f for f in order.fulfillments if f.id == op.reference), None)
-        what = f"return {fulfillment.number}" if fulfillment else op.reference
-        return f"Klarna: refunded {amount} for {what} (refund {op.klarna_resource_id})."
-    if op.kind == "cancel":
-        return f"Klarna: order {op.klarna_order_id} cancelled; the authorization of {amount} is void."
-    return f"Klarna: released the remaining authorization of {amount} (order {op.klarna_order_id})."
-
-
-def _messages(exc: KlarnaError) -> str:
-    messages = getattr(exc, "error_messages", None) or []
-    return "; ".join(messages) if messages else str(exc)
-
-
-def _recorded(op: Operation) -> tuple[RecordedLine, ...]:
-    body = json.loads(op.request_body) if op.request_body else {}
-    return recorded_lines(body.get("order_lines"))
-
-
-def _append_log(op: Operation, entry: dict[str, Any] | None) -> None:
-    if entry:
-        log = json.loads(op.log or "[]")
-        log.append(entry)
-        op.log = json.dumps(log[-20:], default=str)
-
-
-def _dedupe_key(saleor_api_url: str, order_id: str, dedupe: str) -> str:
-    digest = hashlib.sha256(f"{saleor_api_url}|{order_id}".encode()).hexdigest()[:24]
-    return f"{digest}:{dedupe}"[:255]
+# What a blocked plan step means, by its code: the verb of its note, whether the admin must act
+# (an open exception), and which kind of operation settles it.
+BLOCKED_VERB = {"EXCEEDS_CAPTURED": "refunded"}
+BLOCKED_EXCEPTIONS = frozenset({"EXCEEDS_REMAINING", "EXCEEDS_CAPTURED"})
+BLOCKED_KIND = {"EXCEEDS_REMAINING": OperationKind.CAPTURE, "EXCEEDS_CAPTURED": OperationKind.REFUND}
+# The status the summary shows after the last operation, where Klarna's read predates it.
+SUMMARY_STATUS = {OperationKind.CANCEL: "CANCELLED", OperationKind.RELEASE: "CAPTURED"}

@@ -540,12 +540,13 @@ class Rig:
     """Everything of one fault run; ``close()`` stops it all."""
 
     def __init__(self, settings: Settings, tmp_path: Path, *, fault_rate: float, seed: int,
-                 lease_seconds: int = 2) -> None:  # fmt: skip
+                 lease_seconds: int = 2, max_attempts: int = 1000) -> None:  # fmt: skip
         self.seed = seed
+        self.max_attempts = max_attempts
         self.klarna = CountingKlarna(seed=seed)
         self.klarna.fault_rate = fault_rate
         self.klarna_server = FakeKlarnaServer(self.klarna).start()
-        self.settings = replace(settings, klarna_base_url=self.klarna_server.base_url, max_attempts=1000)
+        self.settings = replace(settings, klarna_base_url=self.klarna_server.base_url, max_attempts=max_attempts)
         self.services = Services.build(self.settings)
         self.app = create_app(services=self.services)
         self.saleor = FakeSaleor(app_transport=wsgi_transport(self.app.wsgi_app)).start()
@@ -557,7 +558,7 @@ class Rig:
             **{k: v for k, v in os.environ.items() if not k.startswith("KLARNA_")},
             "DATABASE_URL": self.database_url, "KLARNA_APP_SECRET_KEYS": SECRET,
             "KLARNA_BASE_URL": self.klarna_server.base_url, "KLARNA_APP_JOB_LEASE_SECONDS": str(lease_seconds),
-            "KLARNA_APP_MAX_ATTEMPTS": "1000", "KLARNA_APP_RETRY_BASE_SECONDS": "0.001",
+            "KLARNA_APP_MAX_ATTEMPTS": str(max_attempts), "KLARNA_APP_RETRY_BASE_SECONDS": "0.001",
             "KLARNA_APP_KLARNA_RATE_PER_SECOND": "1000", "KLARNA_APP_LOG_LEVEL": "WARNING",
             "KLARNA_APP_INSTANCE_PATH": str(tmp_path / "instance"),
             "PYTHONPATH": str(ROOT),
@@ -641,6 +642,10 @@ class Problems:
 
     hard: list[str] = field(default_factory=list)
     duplicate_notes: list[str] = field(default_factory=list)
+    give_up_notes: int = 0
+
+
+GIVE_UP_NOTE = "Klarna: the order could not be synced"
 
 
 def verify(rig: Rig, stories: list[Story]) -> Problems:
@@ -669,7 +674,10 @@ def verify(rig: Rig, stories: list[Story]) -> Problems:
         references = [c.get("reference") for c in state["captures"]] + [r.get("reference") for r in state["refunds"]]
         if len(references) != len(set(references)):
             hard.append(f"{where}: one reference captured or refunded twice: {references}")
-        notes = rig.saleor.notes(story.order_id)
+        # A give-up (a small attempt budget) tells the admin; the order is checked again on its own.
+        gave_up = [n for n in rig.saleor.notes(story.order_id) if n.startswith(GIVE_UP_NOTE)]
+        problems.give_up_notes += len(gave_up)
+        notes = [n for n in rig.saleor.notes(story.order_id) if not n.startswith(GIVE_UP_NOTE)]
         if len(set(notes)) != expect.notes:
             hard.append(f"{where}: {len(set(notes))} distinct notes, expected {expect.notes}: {notes}")
         problems.duplicate_notes += [f"{where}: {c}x {n!r}" for n, c in Counter(notes).items() if c > 1]
@@ -728,6 +736,8 @@ def summary(rig: Rig, stories: list[Story], chaos: Chaos | None, timings: dict[s
         "releases": counts["releases"],
         "notes": sum(len(rig.saleor.notes(s.order_id)) for s in stories),
         "distinct_notes": sum(len(set(rig.saleor.notes(s.order_id))) for s in stories),
+        "max_attempts": rig.max_attempts,
+        "give_up_notes": sum(n.startswith(GIVE_UP_NOTE) for s in stories for n in rig.saleor.notes(s.order_id)),
         "note_rows": db_notes,
         "ledger_rows": {str(k): int(v) for k, v in ledger.items()},
         **timings,

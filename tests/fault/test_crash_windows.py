@@ -15,16 +15,14 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
-import plugin.services.sync as sync
 from plugin.db.models import Job
+from plugin.domain.ledger import Changes, ClaimedJob, Committed
 from plugin.saleor.client import SaleorClient
 from plugin.settings import Settings
 from plugin.worker import Worker
@@ -79,28 +77,21 @@ def test_a_note_reaches_saleor_once_when_the_worker_dies_right_after_writing_it(
 
 def test_a_worker_whose_lease_ran_out_writes_no_note(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
     # given two workers with a one-second lease, and worker A stalled (GC pause, overloaded host)
-    # right after it read its pending notes, before it writes the capture's note
+    # right after it recorded the capture and queued its note, before it writes the note
     order_id = _shipped_order(shop)
     deps = replace(shop.services.sync_deps(), lease_seconds=1)
     worker_a, worker_b = Worker(deps, retry_base=0.01), Worker(deps, retry_base=0.01)
-    stalled, release, flushing = threading.Event(), threading.Event(), threading.Event()
-    flush_notes, transaction = sync._Context.flush_notes, deps.db.transaction
+    stalled, release = threading.Event(), threading.Event()
+    commit = deps.repo.commit
 
-    def flush_notes_in_a(self: sync._Context, merchant: object) -> None:
-        if threading.current_thread().name == "worker-a":
-            flushing.set()
-        flush_notes(self, merchant)  # type: ignore[arg-type]
-
-    @contextmanager
-    def stalling_transaction() -> Iterator[object]:
-        with transaction() as session:
-            yield session
-        if threading.current_thread().name == "worker-a" and flushing.is_set() and not stalled.is_set():
-            stalled.set()  # the pending notes are read and committed
+    def stalling_commit(job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
+        committed = commit(job, changes, lease_seconds=lease_seconds)
+        if threading.current_thread().name == "worker-a" and changes.notes and not stalled.is_set():
+            stalled.set()  # the outcome and its note are committed
             release.wait(20)
+        return committed
 
-    monkeypatch.setattr(sync._Context, "flush_notes", flush_notes_in_a)
-    monkeypatch.setattr(deps.db, "transaction", stalling_transaction)
+    monkeypatch.setattr(deps.repo, "commit", stalling_commit)
     [job_a] = worker_a.claim(1)
     thread_a = threading.Thread(target=worker_a.process, args=(job_a,), name="worker-a")
     thread_a.start()

@@ -71,7 +71,7 @@ def test_settings_import_validates_and_stores_nothing_on_error(
         assert shop.services.store.get_exact(session, shop.saleor.api_url, "*").region == "EU"  # type: ignore[union-attr]
 
 
-def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]) -> None:
+def test_ops_list_and_retry_after_giving_up(shop: Shop, cli_env: dict[str, str]) -> None:
     # given a capture that kept failing with 5xx past the retry budget
     shop.install()
     order_id, _kid = shop.order()
@@ -80,7 +80,11 @@ def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     shop.sync()
     [exception] = shop.exceptions()
-    assert "still failing after" in exception.message and "correlation id" in exception.message
+    # giving up says what is not done, with Klarna's words once, and leaves the capture pending
+    assert exception.error_code == "SYNC_FAILED" and "could not be synced after" in exception.message
+    assert "not done in Klarna: the capture of 130.00 USD" in exception.message
+    [failure_note] = shop.saleor.notes(order_id)
+    assert "press Retry" in failure_note and failure_note.count("correlation_id") == 1
     runner = CliRunner()
     listed = runner.invoke(main, ["ops", "list"], env=cli_env)
     assert f"#{exception.id} [open]" in listed.output
@@ -90,14 +94,14 @@ def test_ops_list_and_retry_with_a_fresh_key(shop: Shop, cli_env: dict[str, str]
     retried = runner.invoke(main, ["ops", "retry", str(exception.id)], env=cli_env)
     assert retried.exit_code == 0, retried.output
     shop.sync()
-    # then one capture, under a new idempotency key, and the exception is closed
+    # then one capture, under the key Klarna never performed (5xx), and the exception resolved itself
     assert shop.performed("captures") == 1
     with shop.services.db.transaction() as session:
         op = session.scalars(select(Operation)).one()
-        assert op.state == "succeeded" and op.idempotency_key != old_key
-    assert [e.state for e in shop.exceptions()] == ["retried"]
+        assert op.state == "succeeded" and op.idempotency_key == old_key
+    assert [e.state for e in shop.exceptions()] == ["resolved"]
     notes = shop.saleor.notes(order_id)
-    assert "failed" in notes[0] and "captured 130.00 USD" in notes[-1]
+    assert "could not be synced" in notes[0] and "captured 130.00 USD" in notes[-1]
 
 
 def test_worker_and_gunicorn_entry_refuse_an_unmigrated_database(tmp_path: Path) -> None:

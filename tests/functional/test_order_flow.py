@@ -20,7 +20,8 @@ def test_full_capture_on_fulfilled(shop: Shop) -> None:
     assert (state["status"], state["captured_amount"], state["remaining_authorized_amount"]) == ("CAPTURED", 13000, 0)
     assert state["captures"][0]["shipping_info"][0]["tracking_number"] == "1Z999"
     notes = shop.saleor.notes(order_id)
-    assert len(notes) == 1 and "captured 130.00 USD for shipment 1" in notes[0] and "1Z999" in notes[0]
+    number = shop.saleor.order(order_id)["number"]  # Saleor's order page titles the shipment #<order>-<n>
+    assert len(notes) == 1 and f"captured 130.00 USD for shipment #{number}-1" in notes[0] and "1Z999" in notes[0]
     assert shop.saleor.private_metadata(order_id)["klarna_om.captured"] == "130.00 USD"
 
 
@@ -100,7 +101,8 @@ def test_partial_refund_on_partially_returned(shop: Shop) -> None:
     state = shop.kstate(kid)
     assert shop.saleor.order(order_id)["status"] == "PARTIALLY_RETURNED"
     assert (state["captured_amount"], state["refunded_amount"]) == (13000, 2000)
-    assert "refunded 20.00 USD for return 2" in shop.saleor.notes(order_id)[-1]
+    number = shop.saleor.order(order_id)["number"]
+    assert f"refunded 20.00 USD for return #{number}-2" in shop.saleor.notes(order_id)[-1]
 
 
 def test_return_out_of_a_captured_shipment_refunds_that_unit_only(shop: Shop) -> None:
@@ -200,20 +202,20 @@ def test_a_worker_killed_between_ledger_and_klarna_resumes_with_one_capture(shop
     shop.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     for delivery in shop.saleor.outbox:
         shop.saleor.deliver(delivery)
-    import plugin.services.sync as sync
+    from plugin.klarna.port import KlarnaOrders
 
-    original = sync._Context._send
+    original = KlarnaOrders.capture
 
     def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise SystemExit("killed")
 
-    sync._Context._send = crash  # type: ignore[method-assign]
+    KlarnaOrders.capture = crash  # type: ignore[method-assign]
     try:
         job = shop.worker.claim(1)[0]
         with contextlib.suppress(SystemExit):
             shop.worker.process(job)
     finally:
-        sync._Context._send = original  # type: ignore[method-assign]
+        KlarnaOrders.capture = original  # type: ignore[method-assign]
     assert [op.state for op in shop.operations()] == ["pending"] and shop.performed("captures") == 0
     # when the lease expires and another worker picks the job up
     from sqlalchemy import update
@@ -294,3 +296,26 @@ def test_an_unconfigured_channel_is_reported_once_when_there_is_something_to_do(
     assert [e.error_code for e in shop.exceptions()] == ["NOT_CONFIGURED"]
     assert len(shop.saleor.notes(order_id)) == 1 and "not configured" in shop.saleor.notes(order_id)[0]
     assert shop.klarna.requests == []
+
+
+def test_a_retry_that_is_blocked_again_reopens_the_exception_with_a_fresh_note(shop: Shop) -> None:
+    # given a shipment worth more than Klarna still has authorized, reported once
+    shop.install()
+    kid = shop.klarna.create_order(order_amount=5000)
+    order_id = shop.saleor.create_order(lines=[dict(SHOE)], klarna_order_id=kid)
+    shop.saleor.fulfill(order_id, {shop.line_ids(order_id)[0]: 1})
+    shop.sync()
+    [exception] = shop.exceptions()
+    assert exception.state == "open" and len(shop.saleor.notes(order_id)) == 1
+    # when the admin presses Retry and the re-check blocks again
+    from plugin.services.exceptions import retry_exception
+
+    with shop.services.db.transaction() as session:
+        retry_exception(session, exception.id)
+    shop.sync()
+    # then the exception is open again (not "retried" with nothing open), with a fresh note
+    [exception] = shop.exceptions()
+    assert (exception.state, exception.reopened) == ("open", 1)
+    notes = shop.saleor.notes(order_id)
+    assert len(notes) == 2 and notes[1].startswith("Klarna, after Retry: not captured")
+    assert shop.performed("captures") == 0

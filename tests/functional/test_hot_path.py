@@ -1,0 +1,45 @@
+"""The worker's hot path on a real database: what one capture costs in transactions and statements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+
+from tests.functional.shop import Shop
+
+
+def test_one_capture_takes_five_short_transactions(shop: Shop, capsys: Any) -> None:
+    # given a shipped order whose webhooks are recorded, and a worker about to claim it
+    shop.install()
+    order_id, _kid = shop.order()
+    tee, shoe = shop.line_ids(order_id)
+    shop.saleor.auto_deliver = False
+    shop.saleor.fulfill(order_id, {tee: 2, shoe: 1}, tracking_number="1Z1")
+    for delivery in shop.saleor.outbox:
+        shop.saleor.deliver(delivery)
+    engine = shop.services.db.engine
+    counts = {"transactions": 0, "statements": 0}
+
+    def on_commit(_conn: Any) -> None:
+        counts["transactions"] += 1
+
+    def on_statement(*_args: Any) -> None:
+        counts["statements"] += 1
+
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        # when one worker claims and syncs it
+        [job] = shop.worker.claim(1)
+        shop.worker.process(job)
+    finally:
+        event.remove(engine, "commit", on_commit)
+        event.remove(engine, "before_cursor_execute", on_statement)
+    # then the capture and its note happened, in: the claim; one read of everything the job needs;
+    # the ledger row (with the lease) before the call; the outcome with its note; the note's
+    # delivery with the job's completion
+    assert shop.performed("captures") == 1 and len(shop.saleor.notes(order_id)) == 1
+    assert counts["transactions"] == 5, counts
+    with capsys.disabled():
+        print(f"\n[hot path] one capture: {counts}")

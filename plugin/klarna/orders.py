@@ -38,6 +38,7 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
         refunded=int(raw.get("refunded_amount", 0)),
         remaining=int(raw.get("remaining_authorized_amount", 0)),
         expires_at=_time(raw.get("expires_at")),
+        created_at=_time(raw.get("created_at")),
         captures=tuple(
             KlarnaCapture(
                 c["capture_id"],
@@ -60,7 +61,7 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
 
 
 def request_body(op: PlannedOperation) -> dict[str, Any] | None:
-    """The JSON body Klarna expects for ``op`` (None for cancel and release, which take none)."""
+    """The JSON body Klarna expects for ``op`` (None for cancel, release and extend_authorization, which take none)."""
     lines = [line.as_json() for line in op.lines]
     if op.kind == "capture":
         body: dict[str, Any] = {"captured_amount": op.amount, "reference": op.reference[:255], "order_lines": lines}
@@ -71,6 +72,12 @@ def request_body(op: PlannedOperation) -> dict[str, Any] | None:
         return body
     if op.kind == "refund":
         body = {"refunded_amount": op.amount, "reference": op.reference[:255], "order_lines": lines}
+        if op.description:
+            body["description"] = op.description[:255]
+        return body
+    if op.kind == "update_authorization":
+        # The lines sent replace Klarna's; an empty list would delete them, so an update always has lines.
+        body = {"order_amount": op.amount, "order_lines": lines}
         if op.description:
             body["description"] = op.description[:255]
         return body

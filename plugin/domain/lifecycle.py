@@ -59,7 +59,6 @@ UPDATE = "update_authorization"
 EDITABLE_STATUSES = frozenset({"DRAFT", "UNCONFIRMED"})
 CANCELLED_FULFILLMENT = "CANCELED"
 MAX_AUTHORIZATION_AGE = timedelta(days=180)  # Klarna: no authorization past 180 days after the purchase
-FRAUD_RECHECK = timedelta(minutes=15)
 _OPEN = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 _FRAUD_STOP = frozenset({"REJECTED", "STOPPED"})
 _SHOP_CANCELLED = frozenset({"CANCELED", "EXPIRED"})
@@ -178,7 +177,7 @@ def next_check_at(order: ShopOrder, klarna: KlarnaOrder, options: Options, now: 
         return None
     times = [now + timedelta(hours=options.recheck_hours)]
     if klarna.fraud_status == "PENDING":
-        times.append(now + FRAUD_RECHECK)
+        times.append(now + timedelta(minutes=options.fraud_recheck_minutes))
     if klarna.expires_at is not None:
         times.append(klarna.expires_at)
         limit = _limit(klarna)
@@ -349,10 +348,6 @@ def _update_authorization(
 ) -> PlannedOperation | None:
     if not options.update_authorization or shop_cancelled or order.status == "DRAFT":
         return None
-    if klarna.status != "AUTHORIZED" or klarna.captured or klarna.fraud_status in _FRAUD_STOP:
-        return None
-    if klarna.expires_at is not None and klarna.expires_at <= now:
-        return None
     lines = authorization_lines(order)
     amount = sum(line.total_amount for line in lines)
     if amount == klarna.order_amount or amount != order.total_gross or amount <= 0:
@@ -362,6 +357,7 @@ def _update_authorization(
         return format_minor(value, order.currency)
 
     if amount in history.refused_update_amounts:
+        # Said for as long as the shop's total differs from what Klarna would authorize.
         blocked.append(
             Blocked(
                 "AUTHORIZATION_UPDATE_REFUSED",
@@ -371,6 +367,10 @@ def _update_authorization(
                 reference=str(amount),
             )
         )
+        return None
+    if klarna.status != "AUTHORIZED" or klarna.captured or klarna.fraud_status in _FRAUD_STOP:
+        return None  # edits reach Klarna only before anything is captured
+    if klarna.expires_at is not None and klarna.expires_at <= now:
         return None
     change = "lowered" if amount < klarna.order_amount else "raised"
     return PlannedOperation(

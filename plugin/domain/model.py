@@ -159,6 +159,7 @@ class Options:
     cancelled_shipment: str = "refund"  # a captured shipment cancelled in Saleor: "refund" or "flag"
     release_leftovers: bool = True  # nothing left to ship: release what remains authorized
     recheck_hours: int = 24  # re-read each open Klarna order at least this often (drift)
+    fraud_recheck_minutes: int = 15  # re-read an order whose fraud decision is PENDING this often
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ _OPTION_RANGES: dict[str, tuple[int, int]] = {
     "extension_margin_days": (1, 27),
     "final_expiry_warning_days": (1, 60),
     "recheck_hours": (1, 24 * 7),
+    "fraud_recheck_minutes": (1, 24 * 60),
 }
 
 

@@ -214,6 +214,9 @@ def _field(path: Any) -> str:
 # --------------------------------------------------------------------------- the fake
 
 
+_Answer = tuple[int, list[tuple[str, str]], Any]
+
+
 class FakeClock:
     """A clock tests move by hand: ``FakeKlarna(now=clock)``, then ``clock.advance(days=29)``."""
 
@@ -694,7 +697,10 @@ class FakeKlarna:
 
     def _do_capture(self, o: dict[str, Any], body: dict[str, Any]) -> str:
         amount = body["captured_amount"]
-        deny = lambda msg: KlarnaError(403, "CAPTURE_NOT_ALLOWED", msg)  # noqa: E731
+
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "CAPTURE_NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is cancelled. Capture not possible.")
         if self._expired(o):
@@ -704,7 +710,7 @@ class FakeKlarna:
         if amount > o["remaining_authorized_amount"]:
             raise deny("Captured amount is higher than the remaining authorized amount. Capture not possible.")
         capture_id = str(uuid.uuid4())
-        capture = {
+        capture: dict[str, Any] = {
             "capture_id": capture_id,
             "klarna_reference": f"{o['klarna_reference']}-{len(o['captures']) + 1}",
             "captured_amount": amount,
@@ -766,8 +772,10 @@ class FakeKlarna:
         self._counts["refunds"] += 1
         return refund_id
 
-    def _cancel(self, o, body, match, request):
-        deny = lambda msg: KlarnaError(403, "CANCEL_NOT_ALLOWED", msg)  # noqa: E731
+    def _cancel(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "CANCEL_NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is already cancelled. Cancel not possible.")
         if o["captured_amount"] > 0:
@@ -778,8 +786,10 @@ class FakeKlarna:
         self._counts["cancels"] += 1
         return 204, [], None
 
-    def _release(self, o, body, match, request):
-        deny = lambda msg: KlarnaError(403, "NOT_ALLOWED", msg)  # noqa: E731
+    def _release(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is cancelled. Remaining authorization cannot be released.")
         if not o["captures"]:
@@ -792,7 +802,7 @@ class FakeKlarna:
         self._counts["releases"] += 1
         return 204, [], None
 
-    def _extend(self, o, body, match, request):
+    def _extend(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
         if o["status"] == "CANCELLED" or self._expired(o):
             raise KlarnaError(
                 403, "NOT_ALLOWED", "Order is expired or cancelled. Authorization time cannot be extended."
@@ -808,9 +818,14 @@ class FakeKlarna:
         self._counts["extensions"] += 1
         return 204, [], None
 
-    def _update_authorization(self, o, body, match, request):
+    def _update_authorization(
+        self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None
+    ) -> _Answer:
         amount, captured = body["order_amount"], o["captured_amount"]
-        deny = lambda msg: KlarnaError(403, "NOT_ALLOWED", msg)  # noqa: E731
+
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is cancelled. Authorization cannot be updated.")
         if self._expired(o):

@@ -129,7 +129,7 @@ def plan_life(
     update = _update_authorization(order, klarna, options, history, shop_cancelled, now, blocked)
     if update is not None:
         operations.insert(0, update)
-    refunds = _cancelled_shipment_refunds(order, view, options, blocked)
+    refunds = _cancelled_shipment_refunds(order, view, options, _available(view, operations), blocked)
     refund_credit = _absorb_refunds(refunds, refund_credit)
     operations.extend(refunds)
     captures = [op for op in operations if op.kind == "capture"]
@@ -395,8 +395,14 @@ def _units(fulfillments: Iterable[Fulfillment], order: ShopOrder) -> dict[str, i
     return held
 
 
+def _available(view: KlarnaOrder, operations: list[PlannedOperation]) -> int:
+    """Captured and not refunded, once the operations already planned are done."""
+    planned = {kind: sum(op.amount for op in operations if op.kind == kind) for kind in ("capture", "refund")}
+    return view.captured + planned["capture"] - view.refunded - planned["refund"]
+
+
 def _cancelled_shipment_refunds(
-    order: ShopOrder, view: KlarnaOrder, options: Options, blocked: list[Blocked]
+    order: ShopOrder, view: KlarnaOrder, options: Options, available: int, blocked: list[Blocked]
 ) -> list[PlannedOperation]:
     captured_for = {c.reference: c for c in view.captures if c.reference}
     refunded_refs = {r.reference for r in view.refunds}
@@ -419,7 +425,6 @@ def _cancelled_shipment_refunds(
         ref: units - refunded_units.get(ref, 0) - kept.get(ref, 0) - to_refund.get(ref, 0)
         for ref, units in captured_units.items()
     }
-    available = view.captured - view.refunded
     operations = []
     for fulfillment in cancelled:
         capture = captured_for[fulfillment.id]
@@ -433,8 +438,19 @@ def _cancelled_shipment_refunds(
             free[record.reference] -= units
             total = share(record.amount, record.quantity, record.quantity - units, units)
             lines.append(_refund_line(order, record, units, total))
-        amount = min(sum(line.total_amount for line in lines), available)
-        if amount <= 0 or amount != sum(line.total_amount for line in lines):
+        amount = sum(line.total_amount for line in lines)
+        if amount <= 0:
+            continue
+        if amount > available:
+            blocked.append(
+                Blocked(
+                    "EXCEEDS_CAPTURED",
+                    f"the refund of {format_minor(amount, order.currency)} for cancelled shipment {fulfillment.number} "
+                    f"is more than the {format_minor(max(available, 0), order.currency)} captured and not yet "
+                    "refunded in Klarna",
+                    reference=fulfillment.id,
+                )
+            )
             continue
         if options.cancelled_shipment == "flag":
             blocked.append(

@@ -52,7 +52,7 @@ from .model import (
     ShopOrder,
 )
 from .money import format_minor, share
-from .plan import SHIPPING_REFERENCE, authorization_lines, klarna_line, plan
+from .plan import SHIPPING_REFERENCE, authorization_lines, klarna_line, plan, shipping_line
 
 EXTEND = "extend_authorization"
 UPDATE = "update_authorization"
@@ -130,6 +130,8 @@ def plan_life(
     if update is not None:
         operations.insert(0, update)
     refunds = _cancelled_shipment_refunds(order, view, options, _available(view, operations), blocked)
+    if shop_cancelled and options.refund_shipping_on_full_return:
+        refunds.extend(_shipping_refund(order, view, _available(view, operations + refunds)))
     refund_credit = _absorb_refunds(refunds, refund_credit)
     operations.extend(refunds)
     captures = [op for op in operations if op.kind == "capture"]
@@ -473,6 +475,23 @@ def _cancelled_shipment_refunds(
             )
         )
     return operations
+
+
+def _shipping_refund(order: ShopOrder, view: KlarnaOrder, available: int) -> list[PlannedOperation]:
+    """A cancelled order keeps no goods: the shipping captured with them is refunded too."""
+    if SHIPPING_REFERENCE in {r.reference for r in view.refunds}:
+        return []
+    captured = sum(ln.amount for c in view.captures for ln in c.lines if ln.reference == SHIPPING_REFERENCE)
+    refunded = sum(ln.amount for r in view.refunds for ln in r.lines if ln.reference == SHIPPING_REFERENCE)
+    gross = captured - refunded
+    if gross <= 0 or gross > available:
+        return []
+    line = shipping_line(order, gross)
+    return [
+        PlannedOperation(
+            "refund", SHIPPING_REFERENCE, gross, (line,), description=f"Shipping of cancelled order {order.number}"
+        )
+    ]
 
 
 def _refund_line(order: ShopOrder, record: RecordedLine, units: int, total: int) -> KlarnaLine:

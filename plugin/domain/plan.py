@@ -146,6 +146,11 @@ def klarna_line(line: OrderLine, quantity: int, total: int) -> KlarnaLine:
     return _klarna_line(line, quantity, total)
 
 
+def shipping_line(order: ShopOrder, gross: int) -> KlarnaLine:
+    """The Klarna line for ``gross`` of the order's shipping (lifecycle.py refunds it with it)."""
+    return _shipping_line(order, gross)
+
+
 def authorization_lines(order: ShopOrder) -> tuple[KlarnaLine, ...]:
     """The whole order as Klarna lines, each at its total after order-level discounts, then shipping.
 

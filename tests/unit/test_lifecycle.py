@@ -37,7 +37,7 @@ from plugin.domain.model import (
     Options,
     ShopOrder,
 )
-from plugin.domain.plan import authorization_lines, klarna_line
+from plugin.domain.plan import authorization_lines, klarna_line, shipping_line
 from plugin.klarna.orders import parse_order, request_body
 from plugin.services.merchant import SettingsInvalid, validate
 from plugin.testing.klarna import FakeClock, FakeKlarna
@@ -460,6 +460,24 @@ def test_cancelled_captured_shipment_is_refunded_once_and_the_order_cancel_relea
     assert [op[0] for op in world.performed] == ["capture", "refund", "release"]
 
 
+def test_cancelled_order_gets_its_captured_shipping_back_with_the_goods():
+    # given an order with 5.00 shipping, shipment 1 captured with the shipping
+    world = World(two_lines(shipping=500, shipping_tax=80))
+    world.order = ship(world.order, {"line-1": 3})
+    world.settle()
+    assert world.performed == [("capture", "ful-1", 3500)]
+    # when the shipment is cancelled, only its goods come back while the order lives
+    world.order = cancel_fulfillment(world.order, "ful-1")
+    world.settle()
+    assert world.performed[-1] == ("refund", "ful-1", 3000)
+    # when the order is then cancelled, the shipping is refunded and the rest released
+    world.shop(status="CANCELED")
+    world.settle()
+    assert sorted(world.performed[-2:]) == [("refund", "shipping", 500), ("release", world.klarna_id, 5000)]
+    klarna = world.read()
+    assert (klarna.captured - klarna.refunded, klarna.remaining) == (0, 0)
+
+
 def test_cancelled_shipment_after_a_partial_return_refunds_only_what_is_left():
     # given shipment 1 (3 x line-1) captured, then 1 unit returned and refunded
     world = World(two_lines())
@@ -591,12 +609,14 @@ EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4)), max_size=3)
 
 
 def _kept_value(order: ShopOrder) -> int:
+    """The goods still shipped, and the shipping with them (the shop keeps both, or neither)."""
     units: dict[str, int] = {}
     for fulfillment in order.fulfillments:
         if fulfillment.status == "FULFILLED":
             for fline in fulfillment.lines:
                 units[fline.order_line_id] = units.get(fline.order_line_id, 0) + fline.quantity
-    return sum(item.unit_gross * units.get(item.id, 0) for item in order.lines)
+    goods = sum(item.unit_gross * units.get(item.id, 0) for item in order.lines)
+    return goods + order.shipping_gross if goods else 0
 
 
 def _unshipped(order: ShopOrder) -> dict[str, int]:
@@ -629,6 +649,8 @@ def _step(world: World, kind: str, pick: int, size: int) -> None:
             for fl in shipped[-1].lines
             if (item := order.line(fl.order_line_id)) is not None
         ]
+        if klarna["captured_amount"] == 0 and order.shipping_gross:
+            lines.append(shipping_line(order, order.shipping_gross))  # the first capture carries the shipping
         value = sum(ln.total_amount for ln in lines)
         with_lines = [ln.as_json() for ln in lines] if kind.endswith("lines") else None
         if 0 < value <= klarna["remaining_authorized_amount"] and world.clock() < klarna_expiry(world):
@@ -656,7 +678,7 @@ def klarna_expiry(world: World) -> datetime:
     return expires_at
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     units=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 5000)), min_size=1, max_size=3),
     edits=EDITS,
@@ -664,12 +686,14 @@ def klarna_expiry(world: World) -> datetime:
     cancel_at_end=st.booleans(),
     payment_method=st.sampled_from(["INVOICE", "PAY_LATER_BY_CARD"]),
     fraud_status=st.sampled_from(["ACCEPTED", "ACCEPTED", "PENDING"]),
+    shipping=st.one_of(st.just(0), st.integers(1, 2000)),
 )
 def test_any_story_ends_with_klarnas_books_equal_to_what_the_shop_kept(
-    units, edits, steps, cancel_at_end, payment_method, fraud_status
+    units, edits, steps, cancel_at_end, payment_method, fraud_status, shipping
 ):
     # given an unconfirmed order (paid by invoice, or by card which Klarna never raises), edited, then confirmed
-    order = shop_order(tuple(line(i + 1, qty, unit) for i, (qty, unit) in enumerate(units)), status="UNCONFIRMED")
+    lines = tuple(line(i + 1, qty, unit) for i, (qty, unit) in enumerate(units))
+    order = shop_order(lines, shipping=shipping, shipping_tax=shipping // 6, status="UNCONFIRMED")
     options = Options(fraud_recheck_minutes=12 * 60)
     world = World(order, payment_method=payment_method, fraud_status=fraud_status, options=options)
     for index, quantity in edits:

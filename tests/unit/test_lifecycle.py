@@ -678,7 +678,7 @@ def klarna_expiry(world: World) -> datetime:
     return expires_at
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     units=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 5000)), min_size=1, max_size=3),
     edits=EDITS,

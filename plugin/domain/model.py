@@ -141,6 +141,7 @@ class KlarnaOrder:
     expires_at: datetime | None
     captures: tuple[KlarnaCapture, ...] = ()
     refunds: tuple[KlarnaRefund, ...] = ()
+    created_at: datetime | None = None  # the purchase: Klarna's 180-day limit counts from here
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,15 @@ class Options:
     write_notes: bool = True
     refund_shipping_on_full_return: bool = True
     klarna_id_metadata_key: str = "klarna_order_id"
+    # The authorization's life (plugin/domain/lifecycle.py).
+    extend_authorization: bool = True  # extend before expires_at while something remains to capture
+    extension_margin_days: int = 3  # how long before expires_at
+    final_expiry_warning_days: int = 14  # warn this long before Klarna's 180-day limit ends the authorization
+    update_authorization: bool = True  # send edits made before any capture to Klarna
+    cancelled_shipment: str = "refund"  # a captured shipment cancelled in Saleor: "refund" or "flag"
+    release_leftovers: bool = True  # nothing left to ship: release what remains authorized
+    recheck_hours: int = 24  # re-read each open Klarna order at least this often (drift)
+    fraud_recheck_minutes: int = 15  # re-read an order whose fraud decision is PENDING this often
 
 
 @dataclass(frozen=True)

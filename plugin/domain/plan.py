@@ -150,6 +150,28 @@ def _klarna_line(line: OrderLine, quantity: int, total: int) -> KlarnaLine:
     )
 
 
+def klarna_line(line: OrderLine, quantity: int, total: int) -> KlarnaLine:
+    """The Klarna line for ``quantity`` units of ``line`` worth ``total`` (lifecycle.py builds refunds with it)."""
+    return _klarna_line(line, quantity, total)
+
+
+def shipping_line(order: ShopOrder, gross: int) -> KlarnaLine:
+    """The Klarna line for ``gross`` of the order's shipping (lifecycle.py refunds it with it)."""
+    return _shipping_line(order, gross)
+
+
+def authorization_lines(order: ShopOrder) -> tuple[KlarnaLine, ...]:
+    """The whole order as Klarna lines, each at its total after order-level discounts, then shipping.
+
+    They add up to ``order.total_gross`` (what an authorization update sends, lifecycle.py).
+    """
+    totals, shipping = _adjusted_totals(order)
+    lines = [_klarna_line(line, line.quantity, totals[line.id]) for line in order.lines if line.quantity > 0]
+    if shipping > 0:
+        lines.append(_shipping_line(order, shipping))
+    return tuple(lines)
+
+
 def _capture_lines(order: ShopOrder, fulfillment: Fulfillment, books: _Books) -> list[KlarnaLine]:
     lines = []
     for fline in fulfillment.lines:

@@ -383,6 +383,23 @@ class KlarnaOrdersClient:
             },
         )
 
+    # -- the authorization's life (issue 10) ---------------------------------------------------
+
+    def update_authorization(self, order_id: str, body: Mapping[str, Any], idempotency_key: str) -> KlarnaResponse:
+        """PATCH /authorization (204): a new ``order_amount`` and ``order_lines``, which replace all lines.
+
+        Klarna refuses (403 ``NOT_ALLOWED``) a captured, cancelled or expired order, an amount below
+        what was captured, and an increase its risk check or the payment method does not allow.
+        """
+        return self._call(
+            "update_authorization",
+            "PATCH",
+            order_id,
+            "/authorization",
+            body=body,
+            idempotency_key=idempotency_key,
+        )
+
 
 def _new_session() -> requests.Session:
     session = requests.Session()

@@ -38,6 +38,7 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
         refunded=int(raw.get("refunded_amount", 0)),
         remaining=int(raw.get("remaining_authorized_amount", 0)),
         expires_at=_time(raw.get("expires_at")),
+        created_at=_time(raw.get("created_at")),
         captures=tuple(
             KlarnaCapture(
                 c["capture_id"],

@@ -106,13 +106,31 @@ def _options(raw: Any, base: Options, errors: dict[str, str]) -> Options:
             errors[f"options.{name}"] = "unknown option"
         elif isinstance(values[name], bool) and not isinstance(value, bool):
             errors[f"options.{name}"] = "true or false"
+        elif name in _OPTION_RANGES and not _in_range(value, _OPTION_RANGES[name]):
+            low, high = _OPTION_RANGES[name]
+            errors[f"options.{name}"] = f"a whole number from {low} to {high}"
         elif isinstance(values[name], str) and (not isinstance(value, str) or not value):
             errors[f"options.{name}"] = "a non-empty string"
         else:
             values[name] = value
     if values["shipping_with"] not in ("first", "last"):
         errors["options.shipping_with"] = "first or last"
+    if values["cancelled_shipment"] not in ("refund", "flag"):
+        errors["options.cancelled_shipment"] = "refund or flag"
     return Options(**values)
+
+
+# Whole-number options: (lowest, highest). An authorization lives at most 180 days.
+_OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "extension_margin_days": (1, 27),
+    "final_expiry_warning_days": (1, 60),
+    "recheck_hours": (1, 24 * 7),
+    "fraud_recheck_minutes": (1, 24 * 60),
+}
+
+
+def _in_range(value: Any, bounds: tuple[int, int]) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]
 
 
 class SettingsStore:

@@ -26,6 +26,17 @@ Choices where Klarna's behaviour is not documented (keep them in mind when a tes
   operation and its idempotency record are committed, so the client sees a connection error.
   Without a socket (e.g. a Flask/werkzeug test client) it sleeps ``seconds`` instead and then
   answers normally.
+* ``extend-authorization-time`` sets ``expires_at`` to ``min(now + 28 days, created_at + 180 days)``;
+  an order already at that 180-day limit gets 403 ``NOT_ALLOWED`` (D-EXT: no authorization past 180 days).
+* ``PATCH /authorization`` (D-UPD): refused (403 ``NOT_ALLOWED``) on cancelled, expired and fully captured
+  orders and below the captured amount; a decrease is accepted; an increase only when the order's
+  ``initial_payment_method`` allows one (INVOICE, B2B_INVOICE, BASE_ACCOUNT, DIRECT_DEBIT, FIXED_AMOUNT)
+  and the order's risk check passes (``refuse_increases`` makes it fail). The lines sent replace all
+  lines; none sent deletes them.
+* Merchant-portal actions (``portal_capture``, ``portal_refund``, ``portal_release``, ``portal_cancel``)
+  follow the same rules as the API and are not recorded as requests; ``set_fraud_status`` moves a
+  PENDING decision to ACCEPTED, REJECTED or STOPPED (and ACCEPTED to STOPPED).
+* ``FakeClock`` is a controllable clock: pass it as ``now`` and ``advance`` it to expire authorizations.
 * Only the operations below exist; any other path is 404 NOT_FOUND, a known path with the
   wrong method is 405 METHOD_NOT_ALLOWED.
 """
@@ -57,13 +68,18 @@ from werkzeug.wrappers import Request, Response
 
 from plugin.testing.loopback import LoopbackServer
 
-__all__ = ["ROUTES", "SPEC_PATH", "FakeKlarna", "FakeKlarnaServer", "RecordedRequest", "spec_validator"]
+__all__ = ["ROUTES", "SPEC_PATH", "FakeClock", "FakeKlarna", "FakeKlarnaServer", "RecordedRequest", "spec_validator"]
 
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "klarna-orders.openapi.json"
 ORDERS = "/ordermanagement/v1/orders/{order_id}"
 AUTH_WINDOW = timedelta(days=28)
 MAX_AUTH_AGE = timedelta(days=180)
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# Payment methods whose authorization Klarna may raise (D-UPD); others refuse any increase.
+INCREASABLE_METHODS = frozenset(
+    {"INVOICE", "INVOICE_BUSINESS", "B2B_INVOICE", "BASE_ACCOUNT", "DIRECT_DEBIT", "FIXED_AMOUNT"}
+)
+FRAUD_DECISIONS = {"PENDING": {"ACCEPTED", "REJECTED", "STOPPED"}, "ACCEPTED": {"STOPPED"}}
 PLAYGROUND_RATE_LIMIT = 50  # shown in X-Ratelimit-* when no limit is enforced (§1.4)
 FAULTS = {"500", "503", "429", "latency", "drop_after"}
 _FAULT_ERRORS = {
@@ -84,6 +100,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", ORDERS + "/cancel", "_cancel"),
     ("POST", ORDERS + "/release-remaining-authorization", "_release"),
     ("POST", ORDERS + "/extend-authorization-time", "_extend"),
+    ("PATCH", ORDERS + "/authorization", "_update_authorization"),
     ("POST", ORDERS + "/shipping-info", "_order_shipping_info"),
 ]
 _ROUTE_RES = [(m, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", t) + "$"), t, h) for m, t, h in ROUTES]
@@ -197,6 +214,34 @@ def _field(path: Any) -> str:
 # --------------------------------------------------------------------------- the fake
 
 
+_Answer = tuple[int, list[tuple[str, str]], Any]
+
+
+class FakeClock:
+    """A clock tests move by hand: ``FakeKlarna(now=clock)``, then ``clock.advance(days=29)``."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        """Move forward by ``delta`` or by ``timedelta(**kwargs)``; returns the new time."""
+        step = delta if delta is not None else timedelta(**kwargs)
+        if step < timedelta(0):
+            raise ValueError("the clock does not go backwards")
+        with self._lock:
+            self._now += step
+            return self._now
+
+    def set(self, when: datetime) -> None:
+        with self._lock:
+            self._now = when
+
+
 class KlarnaError(Exception):
     def __init__(self, status: int, code: str, *messages: str, headers: tuple[tuple[str, str], ...] = ()):
         super().__init__(code, *messages)
@@ -295,6 +340,7 @@ class FakeKlarna:
         expires_at: datetime | None = None,
         order_id: str | None = None,
         purchase_country: str = "US",
+        payment_method: str = "INVOICE",
     ) -> str:
         if order_lines is None:
             order_lines = [
@@ -337,6 +383,8 @@ class FakeKlarna:
                 "created_at": created,
                 "expires_at": expires_at or created + AUTH_WINDOW,
                 "order_lines": copy.deepcopy(order_lines),
+                "initial_payment_method": {"type": payment_method, "description": payment_method.title()},
+                "increase_ok": True,
                 "captures": [],
                 "refunds": [],
                 "shipping_info": [],
@@ -348,8 +396,55 @@ class FakeKlarna:
             return self._order_view(self._load(order_id, raw=True))
 
     def set_fraud_status(self, order_id: str, fraud_status: str) -> None:
+        """Klarna's fraud decision: PENDING -> ACCEPTED, REJECTED or STOPPED; ACCEPTED -> STOPPED."""
         with self._lock:
-            self._orders[order_id]["fraud_status"] = fraud_status
+            order = self._orders[order_id]
+            if fraud_status not in FRAUD_DECISIONS.get(order["fraud_status"], set()):
+                raise ValueError(f"fraud status cannot go from {order['fraud_status']} to {fraud_status}")
+            order["fraud_status"] = fraud_status
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        """Move the fake's clock (it must be a :class:`FakeClock`)."""
+        if not isinstance(self.now, FakeClock):
+            raise TypeError("FakeKlarna.advance needs FakeKlarna(now=FakeClock(...))")
+        return self.now.advance(delta, **kwargs)
+
+    def refuse_increases(self, order_id: str) -> None:
+        """The risk check of any later authorization increase on this order fails."""
+        with self._lock:
+            self._orders[order_id]["increase_ok"] = False
+
+    # -- the merchant portal: the same rules as the API, outside the app ---------------------
+
+    def portal_capture(
+        self, order_id: str, amount: int, order_lines: list[dict[str, Any]] | None = None, reference: str | None = None
+    ) -> str:
+        """Capture in Klarna's merchant portal; returns the capture id. Raises ``KlarnaError`` as the API would."""
+        body: dict[str, Any] = {"captured_amount": amount}
+        if order_lines:
+            body["order_lines"] = order_lines
+        if reference is not None:
+            body["reference"] = reference
+        _check_lines(body, "captured_amount", amount)
+        with self._lock:
+            return self._do_capture(self._load(order_id), body)
+
+    def portal_refund(self, order_id: str, amount: int, order_lines: list[dict[str, Any]] | None = None) -> str:
+        """Refund in the merchant portal; returns the refund id."""
+        body: dict[str, Any] = {"refunded_amount": amount}
+        if order_lines:
+            body["order_lines"] = order_lines
+        _check_lines(body, "refunded_amount", amount)
+        with self._lock:
+            return self._do_refund(self._load(order_id), body)
+
+    def portal_release(self, order_id: str) -> None:
+        with self._lock:
+            self._release(self._load(order_id), None, {}, None)
+
+    def portal_cancel(self, order_id: str) -> None:
+        with self._lock:
+            self._cancel(self._load(order_id), None, {}, None)
 
     def inject(
         self, fault: str, *, times: int = 1, path_contains: str = "", method: str | None = None, seconds: float = 0.0
@@ -361,7 +456,15 @@ class FakeKlarna:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            keys = ("captures", "refunds", "cancels", "releases", "extensions", "shipping_infos")
+            keys = (
+                "captures",
+                "refunds",
+                "cancels",
+                "releases",
+                "extensions",
+                "shipping_infos",
+                "authorization_updates",
+            )
             return {k: self._counts[k] for k in keys}
 
     # ------------------------------------------------------------------ WSGI
@@ -555,6 +658,7 @@ class FakeKlarna:
             "created_at": _iso(o["created_at"]),
             "expires_at": _iso(o["expires_at"]),
             "order_lines": o["order_lines"],
+            "initial_payment_method": o["initial_payment_method"],
             "captures": o["captures"],
             "refunds": o["refunds"],
             "shipping_info": o["shipping_info"],
@@ -587,8 +691,16 @@ class FakeKlarna:
         return 200, [], copy.deepcopy(self._find(o["refunds"], "refund_id", match["refund_id"], "NOT_FOUND", "Refund"))
 
     def _capture(self, o, body, match, request):
+        capture_id = self._do_capture(o, body)
+        location = f"{request.host_url.rstrip('/')}{request.path}/{capture_id}"
+        return 201, [("Capture-Id", capture_id), ("Location", location)], None
+
+    def _do_capture(self, o: dict[str, Any], body: dict[str, Any]) -> str:
         amount = body["captured_amount"]
-        deny = lambda msg: KlarnaError(403, "CAPTURE_NOT_ALLOWED", msg)  # noqa: E731
+
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "CAPTURE_NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is cancelled. Capture not possible.")
         if self._expired(o):
@@ -598,7 +710,7 @@ class FakeKlarna:
         if amount > o["remaining_authorized_amount"]:
             raise deny("Captured amount is higher than the remaining authorized amount. Capture not possible.")
         capture_id = str(uuid.uuid4())
-        capture = {
+        capture: dict[str, Any] = {
             "capture_id": capture_id,
             "klarna_reference": f"{o['klarna_reference']}-{len(o['captures']) + 1}",
             "captured_amount": amount,
@@ -613,8 +725,7 @@ class FakeKlarna:
         o["remaining_authorized_amount"] -= amount
         o["status"] = "CAPTURED" if o["remaining_authorized_amount"] == 0 else "PART_CAPTURED"
         self._counts["captures"] += 1
-        location = f"{request.host_url.rstrip('/')}{request.path}/{capture_id}"
-        return 201, [("Capture-Id", capture_id), ("Location", location)], None
+        return capture_id
 
     def _capture_shipping_info(self, o, body, match, request):
         capture = self._find(o["captures"], "capture_id", match["capture_id"], "NO_SUCH_CAPTURE", "Capture")
@@ -628,6 +739,11 @@ class FakeKlarna:
         return 204, [], None
 
     def _refund(self, o, body, match, request):
+        refund_id = self._do_refund(o, body)
+        location = f"{request.host_url.rstrip('/')}{request.path}/{refund_id}"
+        return 201, [("Refund-Id", refund_id), ("Location", location)], None
+
+    def _do_refund(self, o: dict[str, Any], body: dict[str, Any]) -> str:
         amount = body["refunded_amount"]
         if o["captured_amount"] == 0:
             raise KlarnaError(403, "REFUND_NOT_ALLOWED", "Order has no captures. Refund not possible.")
@@ -654,11 +770,12 @@ class FakeKlarna:
         )
         o["refunded_amount"] += amount
         self._counts["refunds"] += 1
-        location = f"{request.host_url.rstrip('/')}{request.path}/{refund_id}"
-        return 201, [("Refund-Id", refund_id), ("Location", location)], None
+        return refund_id
 
-    def _cancel(self, o, body, match, request):
-        deny = lambda msg: KlarnaError(403, "CANCEL_NOT_ALLOWED", msg)  # noqa: E731
+    def _cancel(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "CANCEL_NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is already cancelled. Cancel not possible.")
         if o["captured_amount"] > 0:
@@ -669,8 +786,10 @@ class FakeKlarna:
         self._counts["cancels"] += 1
         return 204, [], None
 
-    def _release(self, o, body, match, request):
-        deny = lambda msg: KlarnaError(403, "NOT_ALLOWED", msg)  # noqa: E731
+    def _release(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "NOT_ALLOWED", msg)
+
         if o["status"] == "CANCELLED":
             raise deny("Order is cancelled. Remaining authorization cannot be released.")
         if not o["captures"]:
@@ -683,14 +802,49 @@ class FakeKlarna:
         self._counts["releases"] += 1
         return 204, [], None
 
-    def _extend(self, o, body, match, request):
+    def _extend(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
         if o["status"] == "CANCELLED" or self._expired(o):
             raise KlarnaError(
                 403, "NOT_ALLOWED", "Order is expired or cancelled. Authorization time cannot be extended."
             )
-        target = min(self.now() + AUTH_WINDOW, o["created_at"] + MAX_AUTH_AGE)
-        o["expires_at"] = max(o["expires_at"], target)
+        limit = o["created_at"] + MAX_AUTH_AGE
+        if o["expires_at"] >= limit:
+            raise KlarnaError(
+                403,
+                "NOT_ALLOWED",
+                "Authorization time cannot be extended beyond 180 days after the purchase.",
+            )
+        o["expires_at"] = max(o["expires_at"], min(self.now() + AUTH_WINDOW, limit))
         self._counts["extensions"] += 1
+        return 204, [], None
+
+    def _update_authorization(
+        self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None
+    ) -> _Answer:
+        amount, captured = body["order_amount"], o["captured_amount"]
+
+        def deny(msg: str) -> KlarnaError:
+            return KlarnaError(403, "NOT_ALLOWED", msg)
+
+        if o["status"] == "CANCELLED":
+            raise deny("Order is cancelled. Authorization cannot be updated.")
+        if self._expired(o):
+            raise deny(f"Order {o['order_id']} is expired. Authorization cannot be updated.")
+        if o["status"] == "CAPTURED":
+            raise deny("Order is fully captured. Authorization cannot be updated.")
+        if amount < captured:
+            raise deny(f"Resulting authorization amount {amount} cannot be less than the captured amount {captured}.")
+        if amount > o["order_amount"] and (
+            o["initial_payment_method"]["type"] not in INCREASABLE_METHODS or not o["increase_ok"]
+        ):
+            raise deny("The order amount cannot be increased: the new amount was not approved.")
+        _check_lines(body, "order_amount", amount)
+        o["order_amount"] = amount
+        o["remaining_authorized_amount"] = amount - captured
+        o["order_lines"] = copy.deepcopy(body.get("order_lines") or [])
+        if amount == captured and captured > 0:
+            o["status"] = "CAPTURED"
+        self._counts["authorization_updates"] += 1
         return 204, [], None
 
 

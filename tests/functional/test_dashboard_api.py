@@ -288,6 +288,10 @@ def test_settings_round_trip_never_returns_the_password(client: Any, services: S
     assert stored["options"] == {
         "shipping_with": "last", "send_tracking": False, "write_notes": True,
         "refund_shipping_on_full_return": True, "klarna_id_metadata_key": "klarna_id",
+        # the authorization's life: defaults
+        "extend_authorization": True, "extension_margin_days": 3, "final_expiry_warning_days": 14,
+        "update_authorization": True, "cancelled_shipment": "refund", "release_leftovers": True,
+        "recheck_hours": 24, "fraud_recheck_minutes": 15,
     }  # fmt: skip
     # Other channels inherit what "*" holds.
     assert _channel(client, saleor, "default-channel")["settings"]["region"] == "NA"

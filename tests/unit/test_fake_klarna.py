@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from plugin.testing.klarna import ROUTES, FakeKlarna, FakeKlarnaServer, load_spec, spec_validator
+from plugin.testing.klarna import (
+    ROUTES,
+    FakeClock,
+    FakeKlarna,
+    FakeKlarnaServer,
+    KlarnaError,
+    load_spec,
+    spec_validator,
+)
 
 START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 AUTH = ("PK_test", "secret")
@@ -133,7 +141,7 @@ def test_capture_above_remaining_authorization_is_403_and_changes_nothing(server
     assert_error(capture(server, order_id, 1), 403, "CAPTURE_NOT_ALLOWED")
 
 
-@pytest.mark.parametrize("fraud_status", ["PENDING", "REJECTED"])
+@pytest.mark.parametrize("fraud_status", ["PENDING", "REJECTED", "STOPPED"])
 def test_capture_is_refused_unless_fraud_status_accepted(server, fake, fraud_status):
     # given an order whose fraud check is not accepted
     order_id = fake.create_order(order_amount=5000, fraud_status=fraud_status)
@@ -142,7 +150,12 @@ def test_capture_is_refused_unless_fraud_status_accepted(server, fake, fraud_sta
     # then the capture is refused and nothing is captured
     assert_error(response, 403, "CAPTURE_NOT_ALLOWED")
     assert fake.order(order_id)["captured_amount"] == 0
-    # when the fraud check later passes, the capture goes through
+    if fraud_status != "PENDING":
+        # a decision is final
+        with pytest.raises(ValueError, match="cannot go from"):
+            fake.set_fraud_status(order_id, "ACCEPTED")
+        return
+    # when the pending fraud check later passes, the capture goes through
     fake.set_fraud_status(order_id, "ACCEPTED")
     assert capture(server, order_id, 5000).status_code == 201
 
@@ -763,3 +776,190 @@ def test_spec_validator_translates_openapi_features():
     assert not validator.is_valid(good | {"type": "xphysical"})
     assert not validator.is_valid(good | {"quantity": True})
     assert not validator.is_valid(good | {"quantity": 1.0})
+
+
+# ------------------------------------------------------------------ the authorization's life
+
+
+@pytest.fixture
+def ticking():
+    return FakeClock(START)
+
+
+@pytest.fixture
+def life(ticking):
+    fake = FakeKlarna(now=ticking)
+    with FakeKlarnaServer(fake) as srv:
+        yield srv, fake
+
+
+def test_fake_clock_expires_the_authorization_and_refuses_captures(life, ticking):
+    # given an order authorized for 28 days on a controllable clock
+    server, fake = life
+    order_id = fake.create_order(order_amount=1000)
+    # when the clock moves to one second before the expiry, it is still capturable
+    fake.advance(days=28, seconds=-1)
+    assert call(server, "GET", order_id).json()["status"] == "AUTHORIZED"
+    # when it moves past expires_at
+    fake.advance(seconds=1)
+    # then the order is EXPIRED and Klarna refuses the capture with its message
+    order = call(server, "GET", order_id).json()
+    assert (order["status"], order["remaining_authorized_amount"]) == ("EXPIRED", 0)
+    body = assert_error(capture(server, order_id, 1000), 403, "CAPTURE_NOT_ALLOWED")
+    assert body["error_messages"] == [f"Order {order_id} is expired. Capture not possible."]
+    # and the clock never goes backwards
+    with pytest.raises(ValueError, match="backwards"):
+        ticking.advance(days=-1)
+
+
+def test_advance_needs_a_fake_clock(fake):
+    with pytest.raises(TypeError):
+        fake.advance(days=1)
+
+
+def test_extension_counts_from_the_call_date_and_is_refused_at_the_180_day_limit(life):
+    # given an order bought at START, extended every 25 days
+    server, fake = life
+    order_id = fake.create_order(order_amount=1000)
+    expiries = []
+    for _ in range(7):
+        fake.advance(days=25)
+        response = call(server, "POST", order_id, "/extend-authorization-time", key=str(uuid.uuid4()))
+        assert response.status_code == 204, response.text
+        expiries.append(fake.order(order_id)["expires_at"])
+    # then each extension runs 28 days from its call, and the last is capped at 180 days after the purchase
+    assert expiries[0] == "2025-02-23T12:00:00.000Z"
+    assert expiries[-1] == "2025-06-30T12:00:00.000Z"
+    # when it is extended once more, Klarna refuses: no authorization lives past 180 days
+    body = assert_error(
+        call(server, "POST", order_id, "/extend-authorization-time", key=str(uuid.uuid4())), 403, "NOT_ALLOWED"
+    )
+    assert "180 days" in body["error_messages"][0]
+    # and at the limit the authorization lapses
+    fake.advance(days=6)
+    assert fake.order(order_id)["status"] == "EXPIRED"
+
+
+def update(server, order_id, amount, lines=None, key=None):
+    body = {"order_amount": amount, "description": "Edited in the shop"}
+    if lines is not None:
+        body["order_lines"] = lines
+    return call(server, "PATCH", order_id, "/authorization", json=body, key=key or str(uuid.uuid4()))
+
+
+def test_update_authorization_decrease_replaces_amount_and_lines(server, fake):
+    # given an order of two lines
+    lines = [line(6000, quantity=10), line(4000, reference="SKU-2")]
+    order_id = fake.create_order(order_amount=10000, order_lines=lines)
+    # when the second line is removed
+    response = update(server, order_id, 6000, lines[:1])
+    # then Klarna answers 204 and the order holds the new amount and only the lines sent
+    assert response.status_code == 204, response.text
+    order = fake.order(order_id)
+    assert (order["order_amount"], order["original_order_amount"], order["remaining_authorized_amount"]) == (
+        6000,
+        10000,
+        6000,
+    )
+    assert [ln["reference"] for ln in order["order_lines"]] == ["SKU-1"]
+    assert fake.counts()["authorization_updates"] == 1
+    # and an update without lines deletes the lines (D-UPD)
+    assert update(server, order_id, 5000).status_code == 204
+    assert fake.order(order_id)["order_lines"] == []
+    spec_validator("Order", closed=True).validate(call(server, "GET", order_id).json())
+
+
+def test_update_authorization_increase_depends_on_payment_method_and_risk(server, fake):
+    # given an invoice order and a card order
+    invoice = fake.create_order(order_amount=1000, payment_method="INVOICE")
+    card = fake.create_order(order_amount=1000, payment_method="PAY_LATER_BY_CARD")
+    # when both are raised: the invoice passes, the card is refused and keeps its amount
+    assert update(server, invoice, 1500).status_code == 204
+    assert fake.order(invoice)["remaining_authorized_amount"] == 1500
+    body = assert_error(update(server, card, 1500), 403, "NOT_ALLOWED")
+    assert "cannot be increased" in body["error_messages"][0]
+    assert fake.order(card)["order_amount"] == 1000
+    # when the invoice order's next risk check fails, the increase is refused, a decrease still goes through
+    fake.refuse_increases(invoice)
+    assert_error(update(server, invoice, 2000), 403, "NOT_ALLOWED")
+    assert update(server, invoice, 900).status_code == 204
+
+
+def test_update_authorization_is_refused_below_captured_and_on_closed_orders(life):
+    server, fake = life
+    # given an order with 4000 of 10000 captured
+    order_id = fake.create_order(order_amount=10000)
+    capture(server, order_id, 4000)
+    # then the authorization cannot go below what was captured
+    body = assert_error(update(server, order_id, 3000), 403, "NOT_ALLOWED")
+    assert body["error_messages"] == [
+        "Resulting authorization amount 3000 cannot be less than the captured amount 4000."
+    ]
+    # and lowering it to exactly the captured amount leaves the order fully captured, closed to updates
+    assert update(server, order_id, 4000).status_code == 204
+    order = fake.order(order_id)
+    assert (order["status"], order["remaining_authorized_amount"]) == ("CAPTURED", 0)
+    assert_error(update(server, order_id, 4000), 403, "NOT_ALLOWED")
+    # and cancelled or expired orders are refused too
+    cancelled = fake.create_order(order_amount=1000)
+    call(server, "POST", cancelled, "/cancel")
+    assert_error(update(server, cancelled, 500), 403, "NOT_ALLOWED")
+    expired = fake.create_order(order_amount=1000)
+    fake.advance(days=29)
+    assert_error(update(server, expired, 500), 403, "NOT_ALLOWED")
+
+
+def test_update_authorization_body_is_validated(server, fake):
+    order_id = fake.create_order(order_amount=1000)
+    # a missing amount, and lines that do not add up to it, are 400 BAD_VALUE
+    assert_error(call(server, "PATCH", order_id, "/authorization", json={"description": "x"}), 400, "BAD_VALUE")
+    assert_error(update(server, order_id, 900, [line(800)]), 400, "BAD_VALUE")
+    assert fake.order(order_id)["order_amount"] == 1000
+
+
+def test_portal_actions_change_the_books_as_the_api_would(server, fake):
+    # given an order of 10000
+    order_id = fake.create_order(order_amount=10000)
+    # when the merchant captures 3000 without lines and 2000 with a line, refunds 1000, and releases the rest
+    first = fake.portal_capture(order_id, 3000)
+    fake.portal_capture(order_id, 2000, order_lines=[line(2000)], reference="portal-2")
+    refund_id = fake.portal_refund(order_id, 1000)
+    fake.portal_release(order_id)
+    # then the order reads back as if the API had done it, and no request was recorded
+    order = call(server, "GET", order_id).json()
+    assert (order["status"], order["captured_amount"], order["refunded_amount"]) == ("CAPTURED", 5000, 1000)
+    assert order["remaining_authorized_amount"] == 0
+    assert order["captures"][0]["capture_id"] == first and "reference" not in order["captures"][0]
+    assert order["captures"][1]["reference"] == "portal-2"
+    assert order["refunds"][0]["refund_id"] == refund_id
+    assert len(fake.requests) == 1
+    spec_validator("Order", closed=True).validate(order)
+    # and the portal obeys Klarna's rules
+    with pytest.raises(KlarnaError) as refused:
+        fake.portal_refund(order_id, 5000)
+    assert refused.value.code == "REFUND_NOT_ALLOWED"
+    other = fake.create_order(order_amount=1000)
+    with pytest.raises(KlarnaError):
+        fake.portal_capture(other, 2000)
+    fake.portal_cancel(other)
+    assert fake.order(other)["status"] == "CANCELLED"
+    with pytest.raises(KlarnaError):
+        fake.portal_cancel(other)
+
+
+def test_fraud_decisions_follow_klarnas_states(server, fake):
+    # given a pending order: capture is refused
+    order_id = fake.create_order(order_amount=1000, fraud_status="PENDING")
+    assert_error(capture(server, order_id, 1000), 403, "CAPTURE_NOT_ALLOWED")
+    # when Klarna accepts it, it can be captured, and later stopped
+    fake.set_fraud_status(order_id, "ACCEPTED")
+    assert capture(server, order_id, 500).status_code == 201
+    fake.set_fraud_status(order_id, "STOPPED")
+    assert_error(capture(server, order_id, 500), 403, "CAPTURE_NOT_ALLOWED")
+    assert call(server, "GET", order_id).json()["fraud_status"] == "STOPPED"
+    # and unknown or backward transitions are refused
+    rejected = fake.create_order(order_amount=1000, fraud_status="PENDING")
+    fake.set_fraud_status(rejected, "REJECTED")
+    for bad in ("PENDING", "ACCEPTED", "MAYBE"):
+        with pytest.raises(ValueError):
+            fake.set_fraud_status(rejected, bad)

@@ -86,6 +86,9 @@ ACTION_WEBHOOKS = {
     "REFUND": ("TRANSACTION_REFUND_REQUESTED", "TransactionRefundRequested"),
     "CANCEL": ("TRANSACTION_CANCELATION_REQUESTED", "TransactionCancelationRequested"),
 }
+# 3.23.28 wraps a missing granted refund: its non-null amount resolves to null, so the payload gets
+# "grantedRefund": null plus a top-level "errors" list (samples 49, 60).
+_NO_GRANT = {"__typename": "OrderGrantedRefund", "id": "", "amount": None, "lines": [], "status": "NONE"}
 # TransactionEventTypeEnum values matched as duplicates on (transaction, pspReference, type).
 _NOT_DEDUPLICATED = ("INFO", "AUTHORIZATION_ACTION_REQUIRED", "CHARGE_ACTION_REQUIRED")
 # requests' default headers, in the order they appear in the captured requests.
@@ -302,8 +305,8 @@ def check_subscription(query: str) -> tuple[graphql.DocumentNode, str, list[str]
                 names.append(fragments[sel.name.value].type_condition.name.value)
 
     walk(selections[0].selection_set)
-    async_events = _enum_names("WebhookEventTypeAsyncEnum")
-    events = [_snake_upper(n) for n in names if _snake_upper(n) in async_events]
+    known = _enum_names("WebhookEventTypeAsyncEnum") | _enum_names("WebhookEventTypeSyncEnum")
+    events = [_snake_upper(n) for n in names if _snake_upper(n) in known]  # sync ones inferred too (gql-92)
     if not events:
         raise ValueError("Can't find a single event.")
     return document, top, events
@@ -1048,7 +1051,7 @@ class FakeSaleor:
                 "__typename": typename, "issuedAt": now_iso(), "version": SALEOR_VERSION, "issuingPrincipal": None,
                 "recipient": self._app_view(), "action": {"actionType": action, "amount": float(value),
                 "currency": order["currency"]}, "transaction": self._transaction_view(order, tx),
-                "grantedRefund": self._granted_refund_view(order, granted_refund) if granted_refund else None,
+                "grantedRefund": self._granted_refund_view(order, granted_refund) if granted_refund else _NO_GRANT,
             }  # fmt: skip
             (delivery,) = self._deliveries(event_name, event_obj, hooks)
         status, body = self.deliver(delivery)

@@ -55,7 +55,7 @@ class TxApp:
                         "isActive": True,
                     }
                 ],
-            }  # fmt: skip
+            }
         ).encode()
 
     def __call__(self, method: str, url: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
@@ -223,7 +223,7 @@ def test_order_d_async_charge_and_every_failure_answer(tx_saleor):
 
 
 def test_order_e_duplicates_conflicts_and_a_second_app(tx_saleor):
-    fake, app = tx_saleor
+    fake, _ = tx_saleor
     lines = [{"name": "Tee", "sku": "1", "quantity": 1, "unit_gross": "40.00"}]
     order_id, tx_id = order_with_transaction(fake, 34, lines, "b36267a2-b275-4c87-99fe-3e038cf36883")
     args = {"id": tx_id, "type": "CHARGE_SUCCESS", "psp": "af93104d", "amount": 40.0}

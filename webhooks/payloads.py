@@ -11,14 +11,11 @@ from plugin.domain.transactions import (
     ACTION_EVENTS,
     ActionKind,
     ActionRequest,
-    AppRef,
-    EventType,
     GrantedRefund,
     GrantedRefundLine,
-    SaleorTransaction,
-    TransactionEvent,
     find_request_event,
 )
+from plugin.saleor.transactions import ShapeError, parse_transaction
 
 
 class PayloadError(ValueError):
@@ -90,64 +87,6 @@ def _minor(node: object, currency: str, field: str) -> int:
         raise PayloadError(f"{field}: {exc}") from None
 
 
-def _app_ref(node: object) -> AppRef | None:
-    if not isinstance(node, dict) or node.get("__typename", "App") != "App":
-        return None
-    app_id = _global_id(node.get("id"))
-    if app_id is None:
-        return None
-    identifier, name = node.get("identifier"), node.get("name")
-    return AppRef(app_id, identifier if isinstance(identifier, str) else None, name if isinstance(name, str) else None)
-
-
-def parse_transaction(node: object, currency: str) -> SaleorTransaction:
-    """A TransactionItem as our fragments select it (webhook payload or GraphQL answer)."""
-    if not isinstance(node, dict):
-        raise PayloadError("transaction missing")
-    tx_id = _global_id(node.get("id"))
-    if tx_id is None:
-        raise PayloadError("transaction.id missing or not an id")
-    events = []
-    for raw in node.get("events") or []:
-        if not isinstance(raw, dict):
-            continue
-        try:
-            kind = EventType(str(raw.get("type")))
-        except ValueError:
-            continue  # a type this app does not know (a newer Saleor): it cannot be ours
-        creator = _app_ref(raw.get("createdBy"))
-        events.append(
-            TransactionEvent(
-                id=str(raw.get("id") or ""),
-                type=kind,
-                psp_reference=str(raw.get("pspReference") or ""),
-                amount=_minor(raw.get("amount") or 0, currency, "event amount"),
-                message=str(raw.get("message") or ""),
-                created_by_app=creator.id if creator else None,
-            )
-        )
-
-    def amount(key: str) -> int:
-        return _minor(node[key], currency, key) if node.get(key) is not None else 0
-
-    return SaleorTransaction(
-        id=tx_id,
-        name=str(node.get("name") or ""),
-        psp_reference=str(node.get("pspReference") or "")[:255],
-        owner=_app_ref(node.get("createdBy")),
-        currency=currency,
-        authorized=amount("authorizedAmount"),
-        charged=amount("chargedAmount"),
-        refunded=amount("refundedAmount"),
-        canceled=amount("canceledAmount"),
-        authorize_pending=amount("authorizePendingAmount"),
-        charge_pending=amount("chargePendingAmount"),
-        refund_pending=amount("refundPendingAmount"),
-        cancel_pending=amount("cancelPendingAmount"),
-        events=tuple(events),
-    )
-
-
 def _granted_refund(node: object, currency: str) -> GrantedRefund | None:
     if not isinstance(node, dict) or _global_id(node.get("id")) is None:
         return None  # a plain refund: 3.23 sends null plus a top-level "errors" list (samples 49, 60)
@@ -188,7 +127,10 @@ def parse_transaction_action(body: bytes, event: str) -> ActionRequest:
     order_id = _global_id(order.get("id")) if isinstance(order, dict) else None
     if order_id is None:
         raise PayloadError("transaction.order.id missing (a checkout's transaction is not an order's)")
-    transaction = parse_transaction(node, currency.upper())
+    try:
+        transaction = parse_transaction(node, currency.upper())
+    except ShapeError as exc:
+        raise PayloadError(str(exc)) from None
     return ActionRequest(
         action=kind,
         amount=amount,

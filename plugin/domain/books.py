@@ -45,7 +45,7 @@ class EventReport:
     amount: int
     message: str
     external_url: str = ""
-    available_actions: tuple[ActionKind, ...] = ()
+    available_actions: tuple[ActionKind, ...] | None = None  # None: leave the buttons as they are
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,10 @@ def _enum_names(type_name: str) -> set[str]:
 def _format_error(error: graphql.GraphQLError) -> dict:
     formatted = dict(error.formatted)
     original = error.original_error
-    formatted["extensions"] = {"exception": {"code": type(original).__name__ if original else "GraphQLError"}}
+    # graphql-core wraps a null in a non-null field around a TypeError; Saleor reports it as a GraphQLError (49-*).
+    null_field = error.message.startswith("Cannot return null for non-nullable field")
+    code = type(original).__name__ if original and not null_field else "GraphQLError"
+    formatted["extensions"] = {"exception": {"code": code}}
     return formatted
 
 
@@ -1019,11 +1022,12 @@ class FakeSaleor:
 
     def request_action(
         self, tx_id: str, action: str, amount: str | Decimal | None = None, *, by: dict | None = None,
-        granted_refund: dict | None = None,
+        granted_refund: dict | None = None, reason: str = "",
     ) -> dict:  # fmt: skip
         """transactionRequestAction (or ...RefundForGrantedRefund) by staff: the REQUEST event, then the
         sync webhook to the owner, then its answer applied as Saleor does (protocol §5.4).
 
+        ``reason`` is a plain refund's refundReason (it becomes the request event's message).
         Returns ``{"status", "body", "attempts", "event"}``: the app's last HTTP answer and the event
         Saleor stored for it (the *_SUCCESS/*_FAILURE, or the request event made pending).
         """
@@ -1034,10 +1038,12 @@ class FakeSaleor:
                 raise KeyError(f"unknown transaction {tx_id}")
             order, tx = found
             default = {"CHARGE": tx["authorized"], "REFUND": tx["charged"], "CANCEL": tx["authorized"]}[action]
+            if granted_refund is not None:  # orderGrantRefundCreate, then transactionRequestRefundForGrantedRefund
+                granted_refund = self._grant(order, tx, granted_refund)
             value = _dec(amount) if amount is not None else (granted_refund or {}).get("amount", default)
             requester = by or STAFF_USER
             request_event = self._tx_event(
-                f"{action}_REQUEST", "", _dec(value), (granted_refund or {}).get("reason", ""),
+                f"{action}_REQUEST", "", _dec(value), reason,
                 None if granted_refund else requester,
             )  # fmt: skip
             tx["events"].append(request_event)
@@ -1067,6 +1073,8 @@ class FakeSaleor:
         with self._lock:
             before = self._order_view(order)
             stored = self._apply_answer(tx, request_event, action, _dec(value), status, body)
+            if granted_refund is not None and request_event["psp_reference"]:
+                granted_refund["psp"] = request_event["psp_reference"]
             tx["modified_at"] = order["updated_at"] = now_iso()
             self._recompute(tx)
             deliveries = self._money_events(order, before, None)
@@ -1111,27 +1119,42 @@ class FakeSaleor:
         tx["events"].append(event)
         return event
 
+    def _grant(self, order: dict, tx: dict, refund: dict) -> dict:
+        """Keys: amount, lines {order line id: quantity}, shipping, reason, line_reason."""
+        if "pk" in refund:
+            return refund
+        granted = {
+            "pk": self._next("OrderGrantedRefund"), "amount": _dec(refund["amount"]), "reason": refund.get("reason", ""),
+            "shipping": bool(refund.get("shipping")), "line_reason": refund.get("line_reason", ""),
+            "lines": [(line_id, qty, self._next("OrderGrantedRefundLine")) for line_id, qty in (refund.get("lines") or {}).items()],
+            "transaction": tx, "psp": "",
+        }  # fmt: skip
+        order["granted_refunds"].append(granted)
+        return granted
+
     def _granted_refund_view(self, order: dict, refund: dict) -> dict:
         cur = order["currency"]
         lines = {ln["id"]: ln for ln in order["lines"]}
+        tx = refund["transaction"]
+        done = any(e["type"] == "REFUND_SUCCESS" and e["psp_reference"] == refund["psp"] for e in tx["events"])
         return {
             "__typename": "OrderGrantedRefund",
-            "id": refund.get("id") or gid("OrderGrantedRefund", self._next("OrderGrantedRefund")),
-            "amount": _money(_dec(refund["amount"]), cur),
-            "reason": refund.get("reason", ""),
-            "shippingCostsIncluded": bool(refund.get("shipping")),
-            "status": "NONE",
+            "id": gid("OrderGrantedRefund", refund["pk"]),
+            "amount": _money(refund["amount"], cur),
+            "reason": refund["reason"],
+            "shippingCostsIncluded": refund["shipping"],
+            "status": "SUCCESS" if refund["psp"] and done else ("PENDING" if refund["psp"] else "NONE"),
             "lines": [
                 {
                     "__typename": "OrderGrantedRefundLine",
-                    "id": gid("OrderGrantedRefundLine", self._next("OrderGrantedRefundLine")),
+                    "id": gid("OrderGrantedRefundLine", pk),
                     "quantity": qty,
-                    "reason": "",
+                    "reason": refund["line_reason"],
                     "orderLine": self._line_view(order, lines[line_id]),
                 }
-                for line_id, qty in (refund.get("lines") or {}).items()
+                for line_id, qty, pk in refund["lines"]
             ],
-            "transaction": None,
+            "transaction": self._transaction_view(order, tx),
         }
 
     # -- GraphQL shapes ----------------------------------------------------------------------
@@ -1404,7 +1427,7 @@ class FakeSaleor:
                 }
                 for p in order["payments"]
             ],
-            "grantedRefunds": [],
+            "grantedRefunds": [self._granted_refund_view(order, g) for g in order["granted_refunds"]],
             "events": [{"__typename": "OrderEvent", **e} for e in order["events"]],
             "discounts": [],
             "giftCards": [],

@@ -102,7 +102,14 @@ def differences(ours, sample, path=""):  # ids, tokens and times cannot match
 
 def sample_body(number: int) -> dict:
     (path,) = SAMPLES.glob(f"{number:02d}-*.http")
-    return json.loads(parse_http(path)[2])
+    return normalized(json.loads(parse_http(path)[2]))
+
+
+def normalized(payload: dict) -> dict:
+    """Saleor keeps a transaction's actions as a set: their order is not part of the protocol."""
+    if isinstance(payload.get("transaction"), dict):
+        payload["transaction"]["actions"] = sorted(payload["transaction"]["actions"])
+    return payload
 
 
 def amounts(fake: FakeSaleor, order_id: str) -> dict[str, float]:
@@ -131,7 +138,7 @@ def test_order_c_sync_charge_async_granted_refund_sync_refund_async_cancel(tx_sa
     result = fake.request_action(tx_id, "CHARGE", "50.00")
     headers, body = app.received[-1]
     assert headers["Saleor-Event"] == "transaction_charge_requested"
-    assert differences(json.loads(body), sample_body(30)) == []
+    assert differences(normalized(json.loads(body)), sample_body(30)) == []
     assert result["event"]["type"] == "CHARGE_SUCCESS"
     assert amounts(fake, order_id)["authorized"] == 80.0 and amounts(fake, order_id)["charged"] == 50.0
 
@@ -141,28 +148,38 @@ def test_order_c_sync_charge_async_granted_refund_sync_refund_async_cancel(tx_sa
         "lines": {tee: 1},
         "shipping": True,
         "reason": "Returned: Monospace Tee XL x1 (damaged)",
+        "line_reason": "Damaged",
     }
     app.answers.append((200, b'{"pspReference": "96100775-d587-4fb7-930c-bef22afae320"}'))
     fake.request_action(tx_id, "REFUND", granted_refund=refund)
     got = json.loads(app.received[-1][1])
-    assert got["grantedRefund"]["shippingCostsIncluded"] is True and got["grantedRefund"]["lines"][0]["quantity"] == 1
-    assert got["action"] == sample_body(44)["action"]
+    assert differences(normalized(got), sample_body(44)) == []
     assert amounts(fake, order_id) | {} == {**amounts(fake, order_id), "charged": 30.0, "refundPending": 20.0}
-    args = {"id": tx_id, "type": "REFUND_SUCCESS", "psp": "96100775-d587-4fb7-930c-bef22afae320", "amount": 20.0}
+    args = {
+        "id": tx_id, "type": "REFUND_SUCCESS", "psp": "96100775-d587-4fb7-930c-bef22afae320", "amount": 20.0,
+        "msg": "Klarna refund completed",
+    }  # fmt: skip
     gql(fake, REPORT, args, token=fake.app_token)
     assert (amounts(fake, order_id)["refunded"], amounts(fake, order_id)["refundPending"]) == (20.0, 0.0)
 
-    app.answers.append((200, b'{"pspReference": "1a5e", "result": "REFUND_SUCCESS", "amount": 10.0}'))
-    fake.request_action(tx_id, "REFUND", "10.00")
+    refund_id = "1a5e64f5-af7c-416e-b756-3e27d259a0ff"
+    answer = {
+        "pspReference": refund_id,
+        "result": "REFUND_SUCCESS",
+        "amount": 10.0,
+        "message": f"Klarna refund {refund_id}",
+    }
+    app.answers.append((200, json.dumps(answer).encode()))
+    fake.request_action(tx_id, "REFUND", "10.00", reason="Goodwill: late delivery")
     plain = json.loads(app.received[-1][1])
-    assert plain["grantedRefund"] is None  # 3.23.28 wraps the missing granted refund (49-*)
+    assert differences(normalized(plain), sample_body(49)) == []  # grantedRefund null plus "errors" (3.23.28)
     assert [e["message"] for e in plain["errors"]] == [e["message"] for e in sample_body(49)["errors"]]
     assert (amounts(fake, order_id)["charged"], amounts(fake, order_id)["refunded"]) == (20.0, 30.0)
 
     app.answers.append((200, b'{"pspReference": "44033011-f3c2-4800-b08f-ab7f80985459"}'))
     fake.auto_deliver = False
     fake.request_action(tx_id, "CANCEL")  # no amount: the whole authorization (80.00)
-    assert json.loads(app.received[-1][1])["action"]["amount"] == 80.0
+    assert differences(normalized(json.loads(app.received[-1][1])), sample_body(52)) == []
     assert (amounts(fake, order_id)["authorized"], amounts(fake, order_id)["cancelPending"]) == (0.0, 80.0)
     fake.outbox.clear()
     args = {"id": tx_id, "type": "CANCEL_SUCCESS", "psp": "44033011-f3c2-4800-b08f-ab7f80985459", "amount": 80.0}

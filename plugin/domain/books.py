@@ -14,7 +14,7 @@ A report whose (type, pspReference) already exists with another amount would be 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -186,3 +186,29 @@ def failure_report(
         f"Klarna refused the {action.value.lower()} of {format_minor(amount, currency)}: {reason}"[:512],
         portal_url,
     )
+
+
+def request_psp_map(klarna: KlarnaOrder, requests: Iterable[tuple[ActionKind, str]]) -> dict[str, str]:
+    """Which Klarna resource answered which dashboard request: Klarna resource id -> request pspReference.
+
+    Convention: a capture or refund made for a request carries the request's pspReference as its
+    Klarna ``reference``; a cancel or release is the Klarna order's, so the (first) open cancel
+    request takes it once Klarna shows the authorization gone.
+    """
+    by_psp: dict[str, ActionKind] = {}
+    cancels: list[str] = []
+    for action, psp in requests:
+        by_psp.setdefault(psp, action)
+        if action is ActionKind.CANCEL:
+            cancels.append(psp)
+    mapping = {
+        c.capture_id: c.reference
+        for c in klarna.captures
+        if c.reference and by_psp.get(c.reference) is ActionKind.CHARGE
+    }
+    mapping |= {
+        r.refund_id: r.reference for r in klarna.refunds if r.reference and by_psp.get(r.reference) is ActionKind.REFUND
+    }
+    if cancels and released_amount(klarna)[0] > 0:
+        mapping[klarna.id] = cancels[0]
+    return mapping

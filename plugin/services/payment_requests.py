@@ -49,6 +49,7 @@ class OpenRequest:
     psp_reference: str
     details: dict[str, object]
     state: RequestState
+    reason: str | None = None  # why Klarna refused it (state FAILED)
 
 
 def request_key(request: ActionRequest, raw_body: bytes) -> str:
@@ -128,6 +129,7 @@ def open_requests(conn: Session | Connection, saleor_api_url: str, order_id: str
             r.psp_reference,
             json.loads(r.details),
             RequestState(r.state),
+            r.reason,
         )
         for r in (row[0] for row in rows)
     ]

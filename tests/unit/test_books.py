@@ -14,6 +14,7 @@ from plugin.domain.books import (
     merchant_id_of,
     missing_reports,
     portal_order_url,
+    request_psp_map,
     transaction_draft,
 )
 from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund
@@ -290,3 +291,16 @@ def test_refuse_reason_table():
     by_app = replace(by_app, request_event=replace(by_app.request_event, created_by_app=OTHER.id))  # type: ignore[arg-type]
     assert "another app" in (refuse_reason(by_app, ME) or "")
     assert "EUR" in (refuse_reason(replace(request(ActionKind.CHARGE, 1, authorized=5), currency="EUR"), ME) or "")
+
+
+def test_request_psp_map_follows_the_klarna_reference_convention():
+    order = klarna(
+        status="CAPTURED", captured=6000, remaining=0, refunded=1000,
+        captures=(KlarnaCapture("cap-1", "req-c", 5000), KlarnaCapture("cap-2", "Fulfillment:1", 1000)),
+        refunds=(KlarnaRefund("ref-1", "req-r", 1000),),
+    )  # fmt: skip
+    requests = [(ActionKind.CHARGE, "req-c"), (ActionKind.REFUND, "req-r"), (ActionKind.CANCEL, "req-x")]
+    assert request_psp_map(order, requests) == {"cap-1": "req-c", "ref-1": "req-r", "k-1": "req-x"}
+    # A reference naming a request of another kind is not that request's outcome.
+    assert request_psp_map(order, [(ActionKind.REFUND, "req-c")]) == {}
+    assert request_psp_map(klarna(), [(ActionKind.CANCEL, "req-x")]) == {}  # nothing released yet

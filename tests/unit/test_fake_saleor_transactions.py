@@ -175,6 +175,10 @@ def test_order_c_sync_charge_async_granted_refund_sync_refund_async_cancel(tx_sa
     assert differences(normalized(plain), sample_body(49)) == []  # grantedRefund null plus "errors" (3.23.28)
     assert [e["message"] for e in plain["errors"]] == [e["message"] for e in sample_body(49)["errors"]]
     assert (amounts(fake, order_id)["charged"], amounts(fake, order_id)["refunded"]) == (20.0, 30.0)
+    order = fake.order(order_id)  # gql-69: 80 authorized + 20 charged < 130 - 20 granted
+    assert (order["chargeStatus"], order["authorizeStatus"], order["grantedRefunds"][0]["status"]) == (
+        "PARTIAL", "PARTIAL", "SUCCESS",
+    )  # fmt: skip
 
     app.answers.append((200, b'{"pspReference": "44033011-f3c2-4800-b08f-ab7f80985459"}'))
     fake.auto_deliver = False
@@ -185,6 +189,8 @@ def test_order_c_sync_charge_async_granted_refund_sync_refund_async_cancel(tx_sa
     args = {"id": tx_id, "type": "CANCEL_SUCCESS", "psp": "44033011-f3c2-4800-b08f-ab7f80985459", "amount": 80.0}
     gql(fake, REPORT, args, token=fake.app_token)
     assert amounts(fake, order_id)["canceled"] == 80.0 and fake.outbox == []  # gql-72: nothing fires
+    order = fake.order(order_id)  # gql-73
+    assert (order["status"], order["chargeStatus"], order["authorizeStatus"]) == ("UNFULFILLED", "PARTIAL", "PARTIAL")
 
 
 def test_order_d_async_charge_and_every_failure_answer(tx_saleor):
@@ -265,6 +271,9 @@ def test_order_e_duplicates_conflicts_and_a_second_app(tx_saleor):
     with pytest.raises(ValueError, match="MISSING_TRANSACTION_ACTION_REQUEST_WEBHOOK"):
         fake.request_action(other["id"], "CHARGE", "10.00")  # its owner has no webhook here (gql-32)
     assert fake.order(order_id)["authorizeStatus"] == "FULL"
+    fake.add_transaction(order_id, name="Other", psp_reference="62474f3a", charged="10.00")
+    order = fake.order(order_id)  # gql-89: two apps' money adds up
+    assert (order["chargeStatus"], order["totalCharged"]["amount"]) == ("OVERCHARGED", 50.0)
 
 
 def test_a_success_body_on_400_and_on_an_empty_retry_are_applied(tx_saleor):

@@ -150,6 +150,9 @@ class Options:
     write_notes: bool = True
     refund_shipping_on_full_return: bool = True
     klarna_id_metadata_key: str = "klarna_order_id"
+    # Identifiers of other payment apps whose Klarna transactions this app may act on (notes and
+    # metadata only; that app keeps the books). Empty: another app's Klarna payment is left alone.
+    allowed_payment_apps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,7 @@ def test_settings_round_trip_never_returns_the_password(client: Any, services: S
     assert stored["options"] == {
         "shipping_with": "last", "send_tracking": False, "write_notes": True,
         "refund_shipping_on_full_return": True, "klarna_id_metadata_key": "klarna_id",
+        "allowed_payment_apps": [],
     }  # fmt: skip
     # Other channels inherit what "*" holds.
     assert _channel(client, saleor, "default-channel")["settings"]["region"] == "NA"

@@ -13,6 +13,7 @@ from plugin.domain.transactions import AppRef, SourceKind, resolve_source
 from plugin.saleor.client import SaleorClient
 from plugin.services import payment_requests
 from plugin.services.books import BooksResult, SaleorBooks, keep_books
+from plugin.services.merchant import SettingsInvalid, validate
 from plugin.services.payment_requests import RequestState
 from tests.functional.shop import Shop
 
@@ -101,3 +102,18 @@ def test_another_apps_klarna_transaction_is_never_touched(shop: Shop, saleor: Sa
         assert keep_books(saleor, order_id=order_id, source=src, klarna=klarna) == BooksResult()
     assert shop.saleor.order(order_id)["transactions"] == before["transactions"]
     assert foreign["events"][-1]["type"] == "AUTHORIZATION_SUCCESS"
+
+
+def test_the_allowed_payment_apps_setting_round_trips_and_refuses_junk(shop: Shop) -> None:
+    shop.install()
+    doc = {"channel": "*", "username": "PK_test", "password": "secret"}
+    settings = validate({**doc, "options": {"allowed_payment_apps": ["com.example.klarna-payments"]}})
+    with shop.services.db.transaction() as session:
+        shop.services.store.save(session, shop.saleor.api_url, settings)
+    with shop.services.db.transaction() as session:
+        stored = shop.services.store.get(session, shop.saleor.api_url, "default-channel")
+    assert stored is not None and stored.options.allowed_payment_apps == ("com.example.klarna-payments",)
+    for junk in ("com.example", [""], ["has space"], [1], ["x"] * 21):
+        with pytest.raises(SettingsInvalid) as refused:
+            validate({**doc, "options": {"allowed_payment_apps": junk}})
+        assert "options.allowed_payment_apps" in refused.value.errors

@@ -17,6 +17,7 @@ and never puts a success body on a 4xx:
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -42,9 +43,15 @@ def _failure(action: ActionKind, message: str, status: int = 200):  # type: igno
     return jsonify(result=FAILURE_EVENT[action].value, message=message[:512]), status
 
 
-def _me(app_id: str) -> AppRef:
+@functools.cache
+def _identifier() -> str | None:
+    """The manifest ``id``: Saleor's ``app_identifier``, kept across reinstalls."""
     identifier = static_manifest().get("id")
-    return AppRef(app_id, identifier if isinstance(identifier, str) else None)
+    return identifier if isinstance(identifier, str) else None
+
+
+def _me(app_id: str) -> AppRef:
+    return AppRef(app_id, _identifier())
 
 
 @bp.post(TRANSACTION_ACTIONS_PATH)

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, CursorResult, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from plugin.db.models import KlarnaBinding, PaymentRequest, UTCDateTime, utcnow
-from plugin.domain.transactions import ActionKind, ActionRequest, Mismatch, MismatchCode
+from plugin.domain.transactions import REQUEST_EVENT, ActionKind, ActionRequest, Mismatch, MismatchCode
 
 _NAMESPACE = uuid.UUID("5b0f7d3e-8a8e-4f51-9a57-0c1f0a4d2b11")
 
@@ -53,9 +53,19 @@ class OpenRequest:
 
 
 def request_key(request: ActionRequest, raw_body: bytes) -> str:
-    """Saleor's *_REQUEST event id when the payload has it, else a digest of the body."""
-    if request.request_event is not None and request.request_event.id:
-        return f"event:{request.request_event.id}"[:255]
+    """Saleor's *_REQUEST event id when the payload names it unambiguously, else a digest of the body.
+
+    Saleor never re-sends a sync webhook's body (its retries are empty), so an identical body is a
+    replay. Two presses of the same button in quick succession can both be unanswered in one
+    payload; then the event id is ambiguous and the body (its ``issuedAt`` differs) tells them apart.
+    """
+    event = request.request_event
+    candidates = [
+        e for e in request.transaction.events
+        if e.type == REQUEST_EVENT[request.action] and not e.psp_reference and e.amount == request.amount
+    ]  # fmt: skip
+    if event is not None and event.id and len(candidates) == 1:
+        return f"event:{event.id}"[:255]
     return "body:" + hashlib.sha256(raw_body).hexdigest()
 
 

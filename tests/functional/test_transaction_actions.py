@@ -7,6 +7,7 @@ applies the app's answer exactly as Saleor 3.23 does (pending, failure, empty-bo
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
@@ -189,3 +190,19 @@ def test_one_klarna_order_binds_one_saleor_order(shop: Shop) -> None:
     assert swapped is not None and "k-1" in swapped.message
     with shop.services.db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+
+
+def test_two_quick_presses_of_the_same_button_are_two_requests(shop: Shop) -> None:
+    shop.install()
+    order_id, _ = shop.order()
+    tx_id = _tx(shop, order_id)["id"]
+    with shop.saleor._lock:  # another press of Capture 10.00 is still unanswered when this payload is built
+        _order, tx = shop.saleor._find_transaction(tx_id)  # type: ignore[misc]
+        tx["events"].append(shop.saleor._tx_event("CHARGE_REQUEST", "", Decimal("10.00"), "", None))
+    first = shop.saleor.request_action(tx_id, "CHARGE", "10.00")
+    assert first["status"] == 200
+    second = shop.saleor.request_action(tx_id, "CHARGE", "10.00")
+    assert second["status"] == 200
+    rows = _requests(shop)
+    assert len(rows) == 2 and rows[0].psp_reference != rows[1].psp_reference
+    assert all(r.request_key.startswith("body:") for r in rows)

@@ -56,8 +56,17 @@ def _me(app_id: str) -> AppRef:
 
 @bp.post(TRANSACTION_ACTIONS_PATH)
 def transaction_actions():  # type: ignore[no-untyped-def]
-    event_header = request.headers.get("Saleor-Event", "").lower()
-    action = ACTION_EVENTS.get(event_header)
+    action = ACTION_EVENTS.get(request.headers.get("Saleor-Event", "").lower())
+    try:
+        return _handle(action)
+    except Exception:
+        logger.exception("transaction request failed")
+        if action is None:
+            raise
+        return _failure(action, "The app failed to take the request; nothing was done. Try again.")
+
+
+def _handle(action: ActionKind | None):  # type: ignore[no-untyped-def]
     if action is not None and not request.get_data(cache=True):
         # Saleor's retry after a 5xx: the body is gone, so the request cannot be told apart. Nothing
         # is recorded; the failure tells the merchant to press the button again.

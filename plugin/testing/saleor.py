@@ -21,8 +21,16 @@ Choices where the real Saleor was not observed (keep them in mind when a test fa
   graphql-core 3's (``Cannot query field 'x' on type 'Y'.``), Saleor's legacy core uses ``"x"``.
 * ``orderNoteAdd`` on an unknown order answers ``errors[{field "order", code GRAPHQL_ERROR}]``.
 * A transaction from ``create_order`` is created by the app installed at that moment, else by
-  another app ("Klarna payments", ``QXBwOjk5OQ==``). Only its creator may report events on it
-  (``transactionEventReport``, needs HANDLE_PAYMENTS), and ORDER_PAID is not emitted.
+  another app ("Klarna payments", ``QXBwOjk5OQ==``, identifier ``com.example.klarna-payments``).
+  Only its creator, or an app with the same identifier, may report events on it
+  (``transactionEventReport``, needs HANDLE_PAYMENTS).
+* Transactions (protocol §5.3-§5.4, samples 27-76): amounts are recomputed from the events the way
+  the samples show (a request answered with a pspReference is pending until a SUCCESS or FAILURE
+  with that pspReference); :meth:`FakeSaleor.request_action` stands for transactionRequestAction /
+  transactionRequestRefundForGrantedRefund by staff and sends the sync webhook *at once*, whatever
+  ``auto_deliver`` says (Saleor sends it from Celery right after the mutation), retrying a 5xx five
+  times with an empty body without sleeping. Transaction actions are kept in the order answered,
+  while Saleor's come back in set order.
 * A staff JWT from :meth:`FakeSaleor.mint_token` also authenticates GraphQL calls, as a User
   with the token's ``permissions``.
 * With ``auto_deliver`` the webhooks caused by the app's own mutation are POSTed to the app

@@ -10,6 +10,7 @@ import json
 from decimal import Decimal
 from urllib.parse import urlsplit
 
+import pytest
 from sqlalchemy import func, select
 
 from plugin.db import Database
@@ -206,3 +207,16 @@ def test_two_quick_presses_of_the_same_button_are_two_requests(shop: Shop) -> No
     rows = _requests(shop)
     assert len(rows) == 2 and rows[0].psp_reference != rows[1].psp_reference
     assert all(r.request_key.startswith("body:") for r in rows)
+
+
+def test_an_unexpected_error_is_a_failure_result_not_a_500(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    shop.install()
+    order_id, _ = shop.order()
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(payment_requests, "record", broken)
+    result = shop.saleor.request_action(_tx(shop, order_id)["id"], "CHARGE", "1.00")
+    assert result["status"] == 200 and result["event"]["type"] == "CHARGE_FAILURE"
+    assert _requests(shop) == []

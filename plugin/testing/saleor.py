@@ -96,7 +96,13 @@ ACTION_WEBHOOKS = {
 }
 # 3.23.28 wraps a missing granted refund: its non-null amount resolves to null, so the payload gets
 # "grantedRefund": null plus a top-level "errors" list (samples 49, 60).
-_NO_GRANT = {"__typename": "OrderGrantedRefund", "id": "", "amount": None, "lines": [], "status": "NONE"}
+_NO_GRANT: dict[str, Any] = {
+    "__typename": "OrderGrantedRefund",
+    "id": "",
+    "amount": None,
+    "lines": [],
+    "status": "NONE",
+}
 # TransactionEventTypeEnum values matched as duplicates on (transaction, pspReference, type).
 _NOT_DEDUPLICATED = ("INFO", "AUTHORIZATION_ACTION_REQUIRED", "CHARGE_ACTION_REQUIRED")
 # requests' default headers, in the order they appear in the captured requests.
@@ -627,7 +633,7 @@ class FakeSaleor:
             result.append(Delivery(event, hook["targetUrl"], headers, body))
         return result
 
-    def _emit(self, order: dict, event: str, principal: dict, **fields: Any) -> list[Delivery]:
+    def _emit(self, order: dict, event: str, principal: dict | None, **fields: Any) -> list[Delivery]:
         """Build the deliveries of one order event (call with the lock held)."""
         if not self._installed:
             return []
@@ -763,7 +769,7 @@ class FakeSaleor:
         self._dispatch(deliveries)
         return order["id"]
 
-    def _tx_event(self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict) -> dict:
+    def _tx_event(self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict | None) -> dict:
         return {
             "id": gid("TransactionEvent", self._next("TransactionEvent")),
             "type": type_,
@@ -943,7 +949,7 @@ class FakeSaleor:
             owner = owner or OTHER_APP
             before = self._order_view(order)
             token, now = str(uuid.uuid4()), now_iso()
-            tx = {
+            tx: dict[str, Any] = {
                 "id": gid("TransactionItem", token), "token": token, "name": name, "psp_reference": psp_reference,
                 "created_at": now, "modified_at": now, "actions": list(actions), "external_url": external_url,
                 "authorized": Decimal(0), "charged": Decimal(0), "refunded": Decimal(0), "canceled": Decimal(0),
@@ -1123,7 +1129,7 @@ class FakeSaleor:
             return request  # async: pending until reported under that pspReference
         if result.endswith("_FAILURE"):
             return failure(message, psp or "", app)
-        event = self._tx_event(result, psp, amount, message[:512], app)
+        event = self._tx_event(result, psp or "", amount, message[:512], app)
         tx["events"].append(event)
         return event
 

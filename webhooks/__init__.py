@@ -214,3 +214,6 @@ def app_deleted():  # type: ignore[no-untyped-def]
 
 
 __all__ = ["ORDER_EVENTS", "bp", "build_manifest"]
+
+# The dashboard's payment buttons live in their own module; importing it registers its route on bp.
+from webhooks import transactions as _transactions  # noqa: E402, F401

@@ -1,7 +1,7 @@
 """pending settings: imported before the Saleor installs the app
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0005
 
 A migration must not break the previous release of the code, which may still be running: this one
 only adds a table.
@@ -13,7 +13,7 @@ from alembic import op
 import plugin.db.models
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

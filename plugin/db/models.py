@@ -224,3 +224,50 @@ class PendingSettings(Base):
     channel_slug: Mapped[str] = mapped_column(String(255))
     document_encrypted: Mapped[str] = mapped_column(Text)  # the channel's import document, password included
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PaymentRequest(Base):
+    """A dashboard button (TRANSACTION_*_REQUESTED), recorded before the answer; a worker performs it.
+
+    ``request_key`` identifies the request across identical deliveries (Saleor's *_REQUEST event id,
+    else a digest of the body); ``psp_reference`` is what the app answered and reports with.
+    """
+
+    __tablename__ = "payment_requests"
+    __table_args__ = (UniqueConstraint("request_key", "saleor_api_url"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    saleor_api_url: Mapped[str] = mapped_column(
+        String(512), ForeignKey("installations.saleor_api_url", ondelete="CASCADE")
+    )
+    request_key: Mapped[str] = mapped_column(String(255))
+    order_id: Mapped[str] = mapped_column(String(255), index=True)
+    transaction_id: Mapped[str] = mapped_column(String(255))
+    klarna_order_id: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(16))  # ActionKind: CHARGE, REFUND, CANCEL
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    psp_reference: Mapped[str] = mapped_column(String(64), unique=True)
+    details: Mapped[str] = mapped_column(Text, default="{}")  # JSON: granted refund lines, shipping
+    state: Mapped[str] = mapped_column(String(16), default="recorded")  # RequestState
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class KlarnaBinding(Base):
+    """One Klarna order <-> one Saleor order per installation: a second order naming it is refused."""
+
+    __tablename__ = "klarna_bindings"
+    __table_args__ = (
+        UniqueConstraint("klarna_order_id", "saleor_api_url"),
+        UniqueConstraint("order_id", "saleor_api_url"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    saleor_api_url: Mapped[str] = mapped_column(
+        String(512), ForeignKey("installations.saleor_api_url", ondelete="CASCADE")
+    )
+    klarna_order_id: Mapped[str] = mapped_column(String(255))
+    order_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

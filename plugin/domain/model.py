@@ -162,6 +162,9 @@ class Options:
     release_leftovers: bool = True  # nothing left to ship: release what remains authorized
     recheck_hours: int = 24  # re-read each open Klarna order at least this often (drift)
     fraud_recheck_minutes: int = 15  # re-read an order whose fraud decision is PENDING this often
+    # Identifiers of other payment apps whose Klarna transactions this app may act on (notes and
+    # metadata only; that app keeps the books). Empty: another app's Klarna payment is left alone.
+    allowed_payment_apps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

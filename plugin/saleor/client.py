@@ -17,8 +17,12 @@ from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
 from graphql import DocumentNode, parse
 
+from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
 from plugin.domain.money import tax_rate_basis_points, to_minor
+from plugin.domain.transactions import SaleorTransaction
+from plugin.saleor import transactions as tx_wire
+from plugin.saleor.transactions import OrderBooks, ReportOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +207,32 @@ class SaleorClient:
         edges = (data.get("orders") or {}).get("edges") or []
         return {e["node"]["id"]: str(e["node"]["number"]) for e in edges if e and e.get("node")}
 
+    # -- Saleor's books (plugin/saleor/transactions.py has the documents and parsing) --------------
+
+    def get_books(self, order_id: str, metadata_key: str = "klarna_order_id") -> OrderBooks | None:
+        """The order's transactions with their owning app, its private Klarna id, its legacy payments."""
+        raw = self._execute(tx_wire.BOOKS_QUERY, {"id": order_id, "key": metadata_key}).get("order")
+        return tx_wire.parse_books(raw) if raw else None
+
+    def create_transaction(self, order_id: str, draft: TransactionDraft) -> SaleorTransaction:
+        """transactionCreate with this app's token: the app owns the result (HANDLE_PAYMENTS)."""
+        data = self._execute(tx_wire.TRANSACTION_CREATE, tx_wire.create_variables(order_id, draft))
+        result = data.get("transactionCreate")
+        if not isinstance(result, dict) or result.get("errors") or not result.get("transaction"):
+            raise SaleorError(f"transactionCreate refused: {result and result.get('errors')}")
+        return tx_wire.parse_transaction(result["transaction"], draft.currency)
+
+    def report_event(self, transaction_id: str, report: EventReport, currency: str) -> ReportOutcome:
+        """transactionEventReport. A replay comes back ``already_processed``; a conflict or a
+        transaction this app does not own comes back with an error code, not an exception."""
+        try:
+            data = self._execute(tx_wire.EVENT_REPORT, tx_wire.report_variables(transaction_id, report, currency))
+        except SaleorError as exc:
+            if "PermissionDenied" in str(exc) or "permissions" in str(exc):
+                return ReportOutcome(False, error_code="PERMISSION_DENIED", message="this app does not own it")
+            raise
+        return tx_wire.parse_report(data.get("transactionEventReport"))
+
     def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
         items = [{"key": k, "value": v} for k, v in values.items()]
         data = self._execute(PRIVATE_METADATA, {"id": object_id, "input": items})["updatePrivateMetadata"]
@@ -217,17 +247,17 @@ def _money(node: dict[str, Any] | None, currency: str) -> int:
 
 
 def find_klarna_order_id(raw: dict[str, Any], metadata_key: str) -> KlarnaOrderId | None:
-    """DESIGN §5: a Klarna transaction's (or legacy payment's) pspReference, else a metadata key."""
+    """DESIGN §5: a Klarna transaction's (or legacy payment's) pspReference, else the private-metadata key."""
     for tx in raw.get("transactions") or []:
         if "klarna" in (tx.get("name") or "").lower() and tx.get("pspReference"):
             return KlarnaOrderId(tx["pspReference"])
     for payment in raw.get("payments") or []:
         if "klarna" in (payment.get("gateway") or "").lower() and payment.get("pspReference"):
             return KlarnaOrderId(payment["pspReference"])
-    for field in ("privateMetadata", "metadata"):
-        for item in raw.get(field) or []:
-            if item.get("key") == metadata_key and item.get("value"):
-                return KlarnaOrderId(item["value"])
+    # Private metadata only: a shopper writes the public metadata through checkout metadata (issue 11).
+    for item in raw.get("privateMetadata") or []:
+        if item.get("key") == metadata_key and item.get("value"):
+            return KlarnaOrderId(item["value"])
     return None
 
 

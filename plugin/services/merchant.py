@@ -95,6 +95,21 @@ def _printable_ascii(value: str) -> bool:
     return all(" " <= ch <= "~" for ch in value)
 
 
+def _identifiers(value: Any) -> tuple[str, ...] | None:
+    """App identifiers (manifest ``id``s): printable, no spaces, at most 20 of 255 characters."""
+    if not isinstance(value, list | tuple) or len(value) > 20:
+        return None
+    if not all(isinstance(v, str) and 0 < len(v) <= 255 and all("!" <= ch <= "~" for ch in v) for v in value):
+        return None
+    return tuple(dict.fromkeys(value))
+
+
+def _stored_options(raw: dict[str, Any]) -> Options:
+    """Options as stored (JSON lists back to tuples)."""
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return Options(**values)
+
+
 def _options(raw: Any, base: Options, errors: dict[str, str]) -> Options:
     if not isinstance(raw, dict):
         errors["options"] = "an object"
@@ -111,6 +126,12 @@ def _options(raw: Any, base: Options, errors: dict[str, str]) -> Options:
             errors[f"options.{name}"] = f"a whole number from {low} to {high}"
         elif isinstance(values[name], str) and (not isinstance(value, str) or not value):
             errors[f"options.{name}"] = "a non-empty string"
+        elif isinstance(values[name], tuple):
+            identifiers = _identifiers(value)
+            if identifiers is None:
+                errors[f"options.{name}"] = "a list of app identifiers"
+            else:
+                values[name] = identifiers
         else:
             values[name] = value
     if values["shipping_with"] not in ("first", "last"):
@@ -155,7 +176,7 @@ class SettingsStore:
             username=row.username,
             password=self.box.decrypt(row.password_encrypted) if row.password_encrypted else None,
             mapping=mapping,
-            options=Options(**json.loads(row.options)),
+            options=_stored_options(json.loads(row.options)),
         )
 
     def get(self, session: Session, saleor_api_url: str, channel: str) -> MerchantSettings | None:

@@ -21,8 +21,16 @@ Choices where the real Saleor was not observed (keep them in mind when a test fa
   graphql-core 3's (``Cannot query field 'x' on type 'Y'.``), Saleor's legacy core uses ``"x"``.
 * ``orderNoteAdd`` on an unknown order answers ``errors[{field "order", code GRAPHQL_ERROR}]``.
 * A transaction from ``create_order`` is created by the app installed at that moment, else by
-  another app ("Klarna payments", ``QXBwOjk5OQ==``). Only its creator may report events on it
-  (``transactionEventReport``, needs HANDLE_PAYMENTS), and ORDER_PAID is not emitted.
+  another app ("Klarna payments", ``QXBwOjk5OQ==``, identifier ``com.example.klarna-payments``).
+  Only its creator, or an app with the same identifier, may report events on it
+  (``transactionEventReport``, needs HANDLE_PAYMENTS).
+* Transactions (protocol §5.3-§5.4, samples 27-76): amounts are recomputed from the events the way
+  the samples show (a request answered with a pspReference is pending until a SUCCESS or FAILURE
+  with that pspReference); :meth:`FakeSaleor.request_action` stands for transactionRequestAction /
+  transactionRequestRefundForGrantedRefund by staff and sends the sync webhook *at once*, whatever
+  ``auto_deliver`` says (Saleor sends it from Celery right after the mutation), retrying a 5xx five
+  times with an empty body without sleeping. Transaction actions are kept in the order answered,
+  while Saleor's come back in set order.
 * A staff JWT from :meth:`FakeSaleor.mint_token` also authenticates GraphQL calls, as a User
   with the token's ``permissions``.
 * With ``auto_deliver`` the webhooks caused by the app's own mutation are POSTed to the app
@@ -76,7 +84,27 @@ SALEOR_VERSION = "3.23.28"
 SCHEMA_VERSION = "3.23"
 USER_AGENT = f"Saleor/{SCHEMA_VERSION}"
 STAFF_USER = {"__typename": "User", "id": "VXNlcjoyMQ==", "email": "admin@example.com"}
-OTHER_APP = {"__typename": "App", "id": "QXBwOjk5OQ==", "name": "Klarna payments"}
+OTHER_APP = {
+    "__typename": "App", "id": "QXBwOjk5OQ==", "name": "Klarna payments", "identifier": "com.example.klarna-payments"
+}  # fmt: skip
+FAILED_DELIVERY = "Failed to delivery request."  # Saleor's message, sic
+SYNC_RETRY_DELAYS = (10, 20, 40, 80, 160)  # seconds; recorded, not slept
+ACTION_WEBHOOKS = {
+    "CHARGE": ("TRANSACTION_CHARGE_REQUESTED", "TransactionChargeRequested"),
+    "REFUND": ("TRANSACTION_REFUND_REQUESTED", "TransactionRefundRequested"),
+    "CANCEL": ("TRANSACTION_CANCELATION_REQUESTED", "TransactionCancelationRequested"),
+}
+# 3.23.28 wraps a missing granted refund: its non-null amount resolves to null, so the payload gets
+# "grantedRefund": null plus a top-level "errors" list (samples 49, 60).
+_NO_GRANT: dict[str, Any] = {
+    "__typename": "OrderGrantedRefund",
+    "id": "",
+    "amount": None,
+    "lines": [],
+    "status": "NONE",
+}
+# TransactionEventTypeEnum values matched as duplicates on (transaction, pspReference, type).
+_NOT_DEDUPLICATED = ("INFO", "AUTHORIZATION_ACTION_REQUIRED", "CHARGE_ACTION_REQUIRED")
 # requests' default headers, in the order they appear in the captured requests.
 BASE_HEADERS = {
     "User-Agent": USER_AGENT,
@@ -222,7 +250,10 @@ def _enum_names(type_name: str) -> set[str]:
 def _format_error(error: graphql.GraphQLError) -> dict:
     formatted = dict(error.formatted)
     original = error.original_error
-    formatted["extensions"] = {"exception": {"code": type(original).__name__ if original else "GraphQLError"}}
+    # graphql-core wraps a null in a non-null field around a TypeError; Saleor reports it as a GraphQLError (49-*).
+    null_field = error.message.startswith("Cannot return null for non-nullable field")
+    code = type(original).__name__ if original and not null_field else "GraphQLError"
+    formatted["extensions"] = {"exception": {"code": code}}
     return formatted
 
 
@@ -291,8 +322,8 @@ def check_subscription(query: str) -> tuple[graphql.DocumentNode, str, list[str]
                 names.append(fragments[sel.name.value].type_condition.name.value)
 
     walk(selections[0].selection_set)
-    async_events = _enum_names("WebhookEventTypeAsyncEnum")
-    events = [_snake_upper(n) for n in names if _snake_upper(n) in async_events]
+    known = _enum_names("WebhookEventTypeAsyncEnum") | _enum_names("WebhookEventTypeSyncEnum")
+    events = [_snake_upper(n) for n in names if _snake_upper(n) in known]  # sync ones inferred too (gql-92)
     if not events:
         raise ValueError("Can't find a single event.")
     return document, top, events
@@ -535,7 +566,7 @@ class FakeSaleor:
                 document, top, named = check_subscription(hook["query"])
             except ValueError as error:
                 raise ValueError(f"Subscription query is not valid: {error}") from None
-            events = list(hook.get("asyncEvents") or ()) or ([] if hook.get("syncEvents") else named)
+            events = list(hook.get("asyncEvents") or ()) + list(hook.get("syncEvents") or ()) or named
             webhooks.append({**hook, "document": document, "top": top, "events": events})
         return webhooks
 
@@ -602,7 +633,7 @@ class FakeSaleor:
             result.append(Delivery(event, hook["targetUrl"], headers, body))
         return result
 
-    def _emit(self, order: dict, event: str, principal: dict, **fields: Any) -> list[Delivery]:
+    def _emit(self, order: dict, event: str, principal: dict | None, **fields: Any) -> list[Delivery]:
         """Build the deliveries of one order event (call with the lock held)."""
         if not self._installed:
             return []
@@ -694,9 +725,11 @@ class FakeSaleor:
             psp = klarna_order_id or str(uuid.uuid4())
             if klarna_via == "transaction":
                 creator = self._principal_app() if self._installed else OTHER_APP
+                token = str(uuid.uuid4())
                 order["transactions"].append(
                     {
-                        "id": gid("TransactionItem", uuid.uuid4()),
+                        "id": gid("TransactionItem", token),
+                        "token": token,
                         "name": "Klarna",
                         "psp_reference": psp,
                         "created_at": created,
@@ -736,7 +769,7 @@ class FakeSaleor:
         self._dispatch(deliveries)
         return order["id"]
 
-    def _tx_event(self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict) -> dict:
+    def _tx_event(self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict | None) -> dict:
         return {
             "id": gid("TransactionEvent", self._next("TransactionEvent")),
             "type": type_,
@@ -894,10 +927,255 @@ class FakeSaleor:
         with self._lock:
             return dict(self._get(order_id)["private_metadata"])
 
+    # -- transactions (protocol §5.3-§5.4, samples 27-76) -----------------------------------
+
+    def add_transaction(
+        self,
+        order_id: str,
+        *,
+        owner: dict | None = None,
+        name: str = "Klarna",
+        psp_reference: str = "",
+        authorized: Decimal | str = "0",
+        charged: Decimal | str = "0",
+        actions: list[str] | tuple[str, ...] = ("CHARGE", "CANCEL", "REFUND"),
+        external_url: str = "",
+        info: dict | None = None,
+        emit: bool = True,
+    ) -> dict:
+        """A transaction on the order (transactionCreate), owned by ``owner`` (default another app)."""
+        with self._lock:
+            order = self._get(order_id)
+            owner = owner or OTHER_APP
+            before = self._order_view(order)
+            token, now = str(uuid.uuid4()), now_iso()
+            tx: dict[str, Any] = {
+                "id": gid("TransactionItem", token), "token": token, "name": name, "psp_reference": psp_reference,
+                "created_at": now, "modified_at": now, "actions": list(actions), "external_url": external_url,
+                "authorized": Decimal(0), "charged": Decimal(0), "refunded": Decimal(0), "canceled": Decimal(0),
+                "created_by": owner, "events": [],
+            }  # fmt: skip
+            for kind, amount in (("AUTHORIZATION_SUCCESS", _dec(authorized)), ("CHARGE_SUCCESS", _dec(charged))):
+                if amount > 0:
+                    tx["events"].append(
+                        self._tx_event(kind, "", amount, "Manual adjustment of the transaction.", owner)
+                    )
+            if info is not None:
+                tx["events"].append(
+                    self._tx_event("INFO", info.get("pspReference") or "", Decimal(0), info.get("message") or "", owner)
+                )
+            self._recompute(tx)
+            order["transactions"].append(tx)
+            order["updated_at"] = now
+            deliveries = self._money_events(order, before, owner) if emit else []
+        if emit:
+            self._dispatch(deliveries)
+        return tx
+
+    def _find_transaction(self, tx_id: str | None) -> tuple[dict, dict] | None:
+        return next(((o, t) for o in self._orders.values() for t in o["transactions"] if t["id"] == tx_id), None)
+
+    def _may_report(self, caller: dict | None, tx: dict) -> bool:
+        """check_if_requestor_has_access: the owning app, or an app with the same identifier."""
+        if caller is None or caller["kind"] != "app":
+            return False
+        owner = tx["created_by"] or {}
+        identifier = (self.manifest or {}).get("id")
+        return owner.get("id") == self.app_id or (bool(identifier) and owner.get("identifier") == identifier)
+
+    @staticmethod
+    def _recompute(tx: dict) -> None:
+        """saleor.payment.utils.recalculate_transaction_amounts, as the samples show it.
+
+        A request answered with a pspReference is pending until a SUCCESS or FAILURE of its kind
+        arrives with that pspReference (gql-51...54, gql-93...96).
+        """
+        total: dict[str, Decimal] = {}
+        closed = {
+            (e["type"].split("_")[0], e["psp_reference"])
+            for e in tx["events"]
+            if e["type"].endswith(("_SUCCESS", "_FAILURE"))
+        }
+        pending = {"CHARGE": Decimal(0), "REFUND": Decimal(0), "CANCEL": Decimal(0)}
+        for e in tx["events"]:
+            total[e["type"]] = total.get(e["type"], Decimal(0)) + e["amount"]
+            kind = e["type"].split("_")[0]
+            if e["type"].endswith("_REQUEST") and e["psp_reference"] and (kind, e["psp_reference"]) not in closed:
+                pending[kind] = pending.get(kind, Decimal(0)) + e["amount"]
+        got = lambda t: total.get(t, Decimal(0))  # noqa: E731
+        authorized = got("AUTHORIZATION_SUCCESS") + got("AUTHORIZATION_ADJUSTMENT")
+        charged, refunded, canceled = got("CHARGE_SUCCESS"), got("REFUND_SUCCESS"), got("CANCEL_SUCCESS")
+        tx["authorized"] = max(authorized - charged - canceled - pending["CHARGE"] - pending["CANCEL"], Decimal(0))
+        tx["charged"] = charged - refunded - pending["REFUND"]
+        tx["refunded"], tx["canceled"] = refunded, canceled
+        tx["charge_pending"], tx["refund_pending"], tx["cancel_pending"] = (
+            pending["CHARGE"],
+            pending["REFUND"],
+            pending["CANCEL"],
+        )
+
+    def _money_events(self, order: dict, before: dict, principal: dict | None) -> list[Delivery]:
+        """order_transaction_updated / order_charged / order_refunded: which ORDER_* webhooks a change fires."""
+        after = self._order_view(order)
+        amount = lambda view, key: _dec(view[key]["amount"])  # noqa: E731
+        deliveries: list[Delivery] = []
+        if amount(after, "totalCharged") > amount(before, "totalCharged"):
+            deliveries += self._emit(order, "ORDER_PAID", principal)
+            if after["chargeStatus"] in ("FULL", "OVERCHARGED"):
+                deliveries += self._emit(order, "ORDER_FULLY_PAID", principal)
+        if amount(after, "totalRefunded") > amount(before, "totalRefunded"):
+            deliveries += self._emit(order, "ORDER_REFUNDED", principal)
+            if amount(after, "totalRefunded") >= order["total_gross"]:
+                deliveries += self._emit(order, "ORDER_FULLY_REFUNDED", principal)
+        changed = any(
+            amount(after, k) != amount(before, k) for k in ("totalCharged", "totalAuthorized", "totalRefunded")
+        )
+        if changed:
+            deliveries += self._emit(order, "ORDER_UPDATED", principal)
+        return deliveries
+
+    def request_action(
+        self, tx_id: str, action: str, amount: str | Decimal | None = None, *, by: dict | None = None,
+        granted_refund: dict | None = None, reason: str = "",
+    ) -> dict:  # fmt: skip
+        """transactionRequestAction (or ...RefundForGrantedRefund) by staff: the REQUEST event, then the
+        sync webhook to the owner, then its answer applied as Saleor does (protocol §5.4).
+
+        ``reason`` is a plain refund's refundReason (it becomes the request event's message).
+        Returns ``{"status", "body", "attempts", "event"}``: the app's last HTTP answer and the event
+        Saleor stored for it (the *_SUCCESS/*_FAILURE, or the request event made pending).
+        """
+        event_name, typename = ACTION_WEBHOOKS[action]
+        with self._lock:
+            found = self._find_transaction(tx_id)
+            if found is None:
+                raise KeyError(f"unknown transaction {tx_id}")
+            order, tx = found
+            default = {"CHARGE": tx["authorized"], "REFUND": tx["charged"], "CANCEL": tx["authorized"]}[action]
+            if granted_refund is not None:  # orderGrantRefundCreate, then transactionRequestRefundForGrantedRefund
+                granted_refund = self._grant(order, tx, granted_refund)
+            value = _dec(amount) if amount is not None else (granted_refund or {}).get("amount", default)
+            requester = by or STAFF_USER
+            request_event = self._tx_event(
+                f"{action}_REQUEST", "", _dec(value), reason,
+                None if granted_refund else requester,
+            )  # fmt: skip
+            tx["events"].append(request_event)
+            owner_is_app = self._installed and (tx["created_by"] or {}).get("id") == self.app_id
+            hooks = [h for h in self._webhooks if event_name in h["events"]][:1] if owner_is_app else []
+            if not hooks:  # gql-32
+                message = "No app or plugin is configured to handle payment action requests."
+                tx["events"].append(self._tx_event(f"{action}_FAILURE", "", _dec(value), message, None))
+                raise ValueError(f"MISSING_TRANSACTION_ACTION_REQUEST_WEBHOOK: {message}")
+            event_obj = {
+                "__typename": typename, "issuedAt": now_iso(), "version": SALEOR_VERSION, "issuingPrincipal": None,
+                "recipient": self._app_view(), "action": {"actionType": action, "amount": float(value),
+                "currency": order["currency"]}, "transaction": self._transaction_view(order, tx),
+                "grantedRefund": self._granted_refund_view(order, granted_refund) if granted_refund else _NO_GRANT,
+            }  # fmt: skip
+            (delivery,) = self._deliveries(event_name, event_obj, hooks)
+        status, body = self.deliver(delivery)
+        attempts = 1
+        for _delay in SYNC_RETRY_DELAYS:
+            if status < 500:
+                break
+            empty = Delivery(event_name, delivery.target_url, {**delivery.headers}, b"")  # the payload is gone
+            signature = self.sign(b"")
+            empty.headers.update({"Saleor-Signature": signature, "X-Saleor-Signature": signature})
+            status, body = self.deliver(empty)
+            attempts += 1
+        with self._lock:
+            before = self._order_view(order)
+            stored = self._apply_answer(tx, request_event, action, _dec(value), status, body)
+            if granted_refund is not None and request_event["psp_reference"]:
+                granted_refund["psp"] = request_event["psp_reference"]
+            tx["modified_at"] = order["updated_at"] = now_iso()
+            self._recompute(tx)
+            deliveries = self._money_events(order, before, None)
+        self._dispatch(deliveries)
+        return {"status": status, "body": body, "attempts": attempts, "event": dict(stored)}
+
+    def _apply_answer(self, tx: dict, request: dict, action: str, value: Decimal, status: int, body: bytes) -> dict:
+        """saleor.payment.utils: parse the body of any answer below 500 against the response schema."""
+        app = self._principal_app()
+
+        def failure(message: str, psp: str = "", by: dict | None = None) -> dict:
+            event = self._tx_event(f"{action}_FAILURE", psp, value, message[:512], by)
+            tx["events"].append(event)
+            return event
+
+        if status == 0 or status >= 500:
+            return failure(FAILED_DELIVERY)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return failure(FAILED_DELIVERY)
+        if not isinstance(answer, dict):
+            return failure(f"Incorrect value for field: root. Input: {answer}.")
+        psp, result = answer.get("pspReference"), answer.get("result")
+        if result is not None and result not in (f"{action}_SUCCESS", f"{action}_FAILURE"):
+            return failure(f"Incorrect value ({result}) for field: result. Input: {answer}.")
+        if psp is not None and not isinstance(psp, str):
+            return failure(f"Incorrect value for field: pspReference. Input: {answer}.")
+        if not psp and result != f"{action}_FAILURE":
+            return failure(f"Missing value for field: pspReference. Input: {answer}.")
+        if isinstance(answer.get("actions"), list):
+            tx["actions"] = [a for a in answer["actions"] if a in ("CHARGE", "REFUND", "CANCEL")]
+        if psp:
+            request["psp_reference"] = psp  # copied onto the request event
+        message = str(answer.get("message") or "")
+        amount = _dec(answer["amount"]) if answer.get("amount") is not None else value
+        if result is None:
+            return request  # async: pending until reported under that pspReference
+        if result.endswith("_FAILURE"):
+            return failure(message, psp or "", app)
+        event = self._tx_event(result, psp or "", amount, message[:512], app)
+        tx["events"].append(event)
+        return event
+
+    def _grant(self, order: dict, tx: dict, refund: dict) -> dict:
+        """Keys: amount, lines {order line id: quantity}, shipping, reason, line_reason."""
+        if "pk" in refund:
+            return refund
+        granted = {
+            "pk": self._next("OrderGrantedRefund"), "amount": _dec(refund["amount"]), "reason": refund.get("reason", ""),
+            "shipping": bool(refund.get("shipping")), "line_reason": refund.get("line_reason", ""),
+            "lines": [(line_id, qty, self._next("OrderGrantedRefundLine")) for line_id, qty in (refund.get("lines") or {}).items()],
+            "transaction": tx, "psp": "",
+        }  # fmt: skip
+        order["granted_refunds"].append(granted)
+        return granted
+
+    def _granted_refund_view(self, order: dict, refund: dict) -> dict:
+        cur = order["currency"]
+        lines = {ln["id"]: ln for ln in order["lines"]}
+        tx = refund["transaction"]
+        done = any(e["type"] == "REFUND_SUCCESS" and e["psp_reference"] == refund["psp"] for e in tx["events"])
+        return {
+            "__typename": "OrderGrantedRefund",
+            "id": gid("OrderGrantedRefund", refund["pk"]),
+            "amount": _money(refund["amount"], cur),
+            "reason": refund["reason"],
+            "shippingCostsIncluded": refund["shipping"],
+            "status": "SUCCESS" if refund["psp"] and done else ("PENDING" if refund["psp"] else "NONE"),
+            "lines": [
+                {
+                    "__typename": "OrderGrantedRefundLine",
+                    "id": gid("OrderGrantedRefundLine", pk),
+                    "quantity": qty,
+                    "reason": refund["line_reason"],
+                    "orderLine": self._line_view(order, lines[line_id]),
+                }
+                for line_id, qty, pk in refund["lines"]
+            ],
+            "transaction": self._transaction_view(order, tx),
+        }
+
     # -- GraphQL shapes ----------------------------------------------------------------------
 
     def _principal_app(self) -> dict:
-        return {"__typename": "App", "id": self.app_id, "name": (self.manifest or {}).get("name")}
+        manifest = self.manifest or {}
+        return {"__typename": "App", "id": self.app_id, "name": manifest.get("name"), "identifier": manifest.get("id")}
 
     def _app_view(self) -> dict:
         manifest = self.manifest or {}
@@ -924,6 +1202,7 @@ class FakeSaleor:
                     ),
                 }
             )
+        sync = _enum_names("WebhookEventTypeSyncEnum")
         webhooks = [
             {
                 "__typename": "Webhook",
@@ -932,8 +1211,12 @@ class FakeSaleor:
                 "isActive": hook.get("isActive", True),
                 "targetUrl": hook["targetUrl"],
                 "subscriptionQuery": hook["query"],
-                "syncEvents": [],
-                "asyncEvents": [{"eventType": e, "name": e.replace("_", " ").capitalize()} for e in hook["events"]],
+                "syncEvents": [
+                    {"eventType": e, "name": e.replace("_", " ").capitalize()} for e in hook["events"] if e in sync
+                ],
+                "asyncEvents": [
+                    {"eventType": e, "name": e.replace("_", " ").capitalize()} for e in hook["events"] if e not in sync
+                ],
             }
             for i, hook in enumerate(self._webhooks, 1)
         ]
@@ -1014,13 +1297,14 @@ class FakeSaleor:
             **_meta_fields(fulfillment["metadata"], fulfillment["private_metadata"]),
         }
 
-    @staticmethod
-    def _transaction_view(order: dict, tx: dict) -> dict:
+    def _transaction_view(self, order: dict, tx: dict) -> dict:
         cur = order["currency"]
-        zero = _money(Decimal(0), cur)
         return {
             "__typename": "TransactionItem",
             "id": tx["id"],
+            "token": tx["id"] and tx.get("token", ""),
+            "order": lambda _info: self._order_view(order),
+            "checkout": None,
             "name": tx["name"],
             "pspReference": tx["psp_reference"],
             "createdAt": tx["created_at"],
@@ -1030,11 +1314,11 @@ class FakeSaleor:
             "chargedAmount": _money(tx["charged"], cur),
             "refundedAmount": _money(tx["refunded"], cur),
             "canceledAmount": _money(tx["canceled"], cur),
-            "authorizePendingAmount": zero,
-            "chargePendingAmount": zero,
-            "refundPendingAmount": zero,
-            "cancelPendingAmount": zero,
-            "externalUrl": "",
+            "authorizePendingAmount": _money(Decimal(0), cur),
+            "chargePendingAmount": _money(tx.get("charge_pending", Decimal(0)), cur),
+            "refundPendingAmount": _money(tx.get("refund_pending", Decimal(0)), cur),
+            "cancelPendingAmount": _money(tx.get("cancel_pending", Decimal(0)), cur),
+            "externalUrl": tx.get("external_url", ""),
             "message": "",
             "createdBy": tx["created_by"],
             "events": [
@@ -1128,9 +1412,9 @@ class FakeSaleor:
             "totalRemainingGrant": m(max(granted - refunded, zero)),
             "totalCanceled": m(sum((t["canceled"] for t in order["transactions"]), zero)),
             "totalAuthorizePending": m(zero),
-            "totalChargePending": m(zero),
-            "totalRefundPending": m(zero),
-            "totalCancelPending": m(zero),
+            "totalChargePending": m(sum((t.get("charge_pending", zero) for t in order["transactions"]), zero)),
+            "totalRefundPending": m(sum((t.get("refund_pending", zero) for t in order["transactions"]), zero)),
+            "totalCancelPending": m(sum((t.get("cancel_pending", zero) for t in order["transactions"]), zero)),
             "chargeStatus": charge_status,
             "authorizeStatus": authorize_status,
             "isPaid": charged >= total,
@@ -1157,7 +1441,7 @@ class FakeSaleor:
                 }
                 for p in order["payments"]
             ],
-            "grantedRefunds": [],
+            "grantedRefunds": [self._granted_refund_view(order, g) for g in order["granted_refunds"]],
             "events": [{"__typename": "OrderEvent", **e} for e in order["events"]],
             "discounts": [],
             "giftCards": [],
@@ -1407,6 +1691,40 @@ class _Root:
     def deleteMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002
         return self._metadata(id, False, delete=keys)
 
+    def transactionCreate(
+        self,
+        _info: Any,
+        id: str,  # noqa: A002 - GraphQL argument
+        transaction: dict,
+        transactionEvent: dict | None = None,
+    ) -> dict:
+        """By an app with HANDLE_PAYMENTS; allowed beside another app's transaction (gql-86)."""
+        self._require("HANDLE_PAYMENTS")
+        fake = self.fake
+        with fake._lock:
+            order = self._order(id)
+            if order is None:
+                return {
+                    "transaction": None,
+                    "errors": [{"field": "id", "message": f"Couldn't resolve to a node: {id}", "code": "NOT_FOUND"}],
+                }
+            creator = fake._principal_app() if self.caller["kind"] == "app" else self._principal()
+            before = fake._order_view(order)
+            tx = fake.add_transaction(
+                id,
+                owner=creator,
+                name=transaction.get("name") or "",
+                psp_reference=transaction.get("pspReference") or "",
+                authorized=_dec((transaction.get("amountAuthorized") or {}).get("amount", 0)),
+                charged=_dec((transaction.get("amountCharged") or {}).get("amount", 0)),
+                actions=transaction.get("availableActions") or [],
+                external_url=transaction.get("externalUrl") or "",
+                info=transactionEvent,
+                emit=False,
+            )
+            self.deliveries += fake._money_events(order, before, self._principal())
+            return {"transaction": fake._transaction_view(order, tx), "errors": []}
+
     def transactionEventReport(
         self,
         _info: Any,
@@ -1416,12 +1734,13 @@ class _Root:
         amount: Any = None,
         message: str | None = None,
         availableActions: list[str] | None = None,
+        externalUrl: str | None = None,
         **_ignored: Any,
     ) -> dict:
         self._require("HANDLE_PAYMENTS")
         fake = self.fake
         with fake._lock:
-            found = next(((o, t) for o in fake._orders.values() for t in o["transactions"] if t["id"] == id), None)
+            found = fake._find_transaction(id)
             if found is None:
                 return {
                     "alreadyProcessed": None,
@@ -1430,50 +1749,39 @@ class _Root:
                     "errors": [{"field": "id", "message": f"Couldn't resolve to a node: {id}", "code": "NOT_FOUND"}],
                 }
             order, tx = found
-            if self.caller["kind"] != "app" or tx["created_by"]["id"] != fake.app_id:
-                raise PermissionDenied("HANDLE_PAYMENTS")  # only the creating app may report
+            if not fake._may_report(self.caller, tx):
+                raise PermissionDenied("OWNER", "HANDLE_PAYMENTS")  # gql-84
             value = _dec(amount if amount is not None else 0)
-            same = next(
-                (
-                    e
-                    for e in tx["events"]
-                    if e["type"] == type and e["psp_reference"] == pspReference and e["amount"] == value
-                ),
-                None,
-            )
-            if same is not None:
+            same = None
+            if type not in _NOT_DEDUPLICATED:
+                same = next((e for e in tx["events"] if e["type"] == type and e["psp_reference"] == pspReference), None)
+            if same is not None and same["amount"] == value:
                 return {
                     "alreadyProcessed": True,
                     "transaction": fake._transaction_view(order, tx),
                     "transactionEvent": fake._transaction_view(order, {**tx, "events": [same]})["events"][0],
                     "errors": [],
                 }
-            was_fully_paid = fake._order_view(order)["chargeStatus"] in ("FULL", "OVERCHARGED")
-            if type == "CHARGE_SUCCESS":
-                tx["authorized"] = max(tx["authorized"] - value, Decimal(0))
-                tx["charged"] += value
-            elif type == "REFUND_SUCCESS":
-                tx["charged"] -= value
-                tx["refunded"] += value
-            elif type == "CANCEL_SUCCESS":
-                tx["authorized"] = max(tx["authorized"] - value, Decimal(0))
-                tx["canceled"] += value
-            elif type == "AUTHORIZATION_SUCCESS":
-                tx["authorized"] += value
+            if same is not None:  # gql-82: refused, and stored as a failure
+                text = "The transaction with provided `pspReference` and `type` already exists with different amount."
+                failure = type.split("_")[0] + "_FAILURE"
+                tx["events"].append(fake._tx_event(failure, pspReference, value, text, fake._principal_app()))
+                return {
+                    "alreadyProcessed": False,
+                    "transaction": None,
+                    "transactionEvent": None,
+                    "errors": [{"field": "pspReference", "message": text, "code": "INCORRECT_DETAILS"}],
+                }
+            before = fake._order_view(order)
             if availableActions is not None:
                 tx["actions"] = list(availableActions)
-            event = fake._tx_event(type, pspReference, value, message or "", fake._principal_app())
+            event = fake._tx_event(type, pspReference, value, (message or "")[:512], fake._principal_app())
+            if externalUrl:
+                event["external_url"] = externalUrl
             tx["events"].append(event)
+            fake._recompute(tx)
             tx["modified_at"] = order["updated_at"] = now_iso()
-            view = fake._order_view(order)
-            principal = self._principal()
-            if type == "CHARGE_SUCCESS" and not was_fully_paid and view["chargeStatus"] in ("FULL", "OVERCHARGED"):
-                self.deliveries += fake._emit(order, "ORDER_FULLY_PAID", principal)
-            if type == "REFUND_SUCCESS":
-                self.deliveries += fake._emit(order, "ORDER_REFUNDED", principal)
-                if _dec(view["totalRefunded"]["amount"]) >= order["total_gross"]:
-                    self.deliveries += fake._emit(order, "ORDER_FULLY_REFUNDED", principal)
-            self.deliveries += fake._emit(order, "ORDER_UPDATED", principal)
+            self.deliveries += fake._money_events(order, before, self._principal())
             tx_view = fake._transaction_view(order, tx)
             return {
                 "alreadyProcessed": False,

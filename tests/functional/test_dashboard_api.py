@@ -292,6 +292,7 @@ def test_settings_round_trip_never_returns_the_password(client: Any, services: S
         "extend_authorization": True, "extension_margin_days": 3, "final_expiry_warning_days": 14,
         "update_authorization": True, "cancelled_shipment": "refund", "release_leftovers": True,
         "recheck_hours": 24, "fraud_recheck_minutes": 15,
+        "allowed_payment_apps": [],
     }  # fmt: skip
     # Other channels inherit what "*" holds.
     assert _channel(client, saleor, "default-channel")["settings"]["region"] == "NA"

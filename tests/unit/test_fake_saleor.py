@@ -617,6 +617,7 @@ def test_create_order_events_and_klarna_sources(installed):
         "__typename": "App",
         "id": fake.app_id,
         "name": "Klarna Order Management",
+        "identifier": "com.example.klarna-om",
     }
     assert [e["type"] for e in order["transactions"][0]["events"]] == ["INFO", "AUTHORIZATION_SUCCESS"]
     via_meta = fake.order(fake.create_order(lines=ORDER_A_LINES, klarna_via="metadata", klarna_order_id="k-2"))

@@ -25,13 +25,25 @@ def test_every_subscription_validates_against_saleor_3_23(webhook: dict) -> None
 
 def test_every_async_event_is_a_saleor_event_with_a_handler_and_a_branch() -> None:
     enum = saleor_schema().get_type("WebhookEventTypeAsyncEnum")
-    order_hook, deleted_hook = static_manifest()["webhooks"]
+    order_hook, deleted_hook = static_manifest()["webhooks"][:2]
     assert set(order_hook["asyncEvents"]) <= set(enum.values)  # type: ignore[union-attr]
     assert set(order_hook["asyncEvents"]) == set(ORDER_EVENTS)
     for event in order_hook["asyncEvents"]:
         typename = "".join(part.capitalize() for part in event.split("_"))
         assert f"on {typename} " in order_hook["query"], event
     assert deleted_hook["asyncEvents"] == ["APP_DELETED"]
+
+
+def test_the_payment_buttons_are_sync_events_with_one_branch_each() -> None:
+    hook = static_manifest()["webhooks"][2]
+    enum = saleor_schema().get_type("WebhookEventTypeSyncEnum")
+    assert hook["syncEvents"] == [
+        "TRANSACTION_CHARGE_REQUESTED", "TRANSACTION_REFUND_REQUESTED", "TRANSACTION_CANCELATION_REQUESTED",
+    ]  # fmt: skip
+    assert set(hook["syncEvents"]) <= set(enum.values)  # type: ignore[union-attr]
+    for typename in ("TransactionChargeRequested", "TransactionRefundRequested", "TransactionCancelationRequested"):
+        assert f"on {typename} " in hook["query"]
+    assert "HANDLE_PAYMENTS" in static_manifest()["permissions"]
 
 
 def test_urls_resolve_against_the_public_url() -> None:
@@ -42,8 +54,9 @@ def test_urls_resolve_against_the_public_url() -> None:
     assert {w["targetUrl"] for w in manifest["webhooks"]} == {
         "https://om.example.com/api/webhooks/order-events",
         "https://om.example.com/api/webhooks/app-deleted",
+        "https://om.example.com/api/webhooks/transaction-actions",
     }
-    assert manifest["permissions"] == ["MANAGE_ORDERS"]
+    assert manifest["permissions"] == ["MANAGE_ORDERS", "HANDLE_PAYMENTS"]
     assert all(e["url"].startswith("https://om.example.com/") for e in manifest["extensions"])
     assert set(manifest["extensions"][0]["permissions"]) <= set(manifest["permissions"])
 

@@ -32,7 +32,7 @@ def postgres_admin() -> str:
 
 
 def test_bench_runs_at_a_tiny_size(postgres_admin: str, tmp_path: Path) -> None:
-    from plugin.bench import parse_parts, run
+    from plugin.benchmarks.cli import parse_parts, run
 
     output = tmp_path / "BENCHMARKS.md"
     lines: list[str] = []

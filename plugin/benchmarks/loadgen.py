@@ -1,6 +1,6 @@
 """The load generator: N concurrent senders POSTing pre-built requests over keep-alive connections.
 
-Run as its own process (``python -m benchmarks.loadgen IN OUT``) so that its interpreter lock is
+Run as its own process (``python -m plugin.benchmarks.loadgen IN OUT``) so that its interpreter lock is
 not the app's or the fakes'. It forks ``processes`` children with ``senders / processes`` threads
 each; every thread holds one ``http.client`` keep-alive connection and takes the next request from
 a shared counter, so slow and fast senders share the work. Each request is recorded as

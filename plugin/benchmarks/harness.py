@@ -3,7 +3,7 @@
 Everything runs on this machine: gunicorn (gunicorn.conf.py, the same configuration for the app and
 the two reference apps), real ``klarna-om worker`` processes, PostgreSQL (a fresh database created
 and dropped here) or SQLite, the fake Saleor and fake Klarna of ``plugin/testing`` on loopback inside
-this process, and the load generator (``benchmarks/loadgen.py``) in a process of its own.
+this process, and the load generator (``plugin/benchmarks/loadgen.py``) in a process of its own.
 
 Parts: (a) acknowledgement, (b) end to end, (c) burst. See BENCHMARKS.md for the method.
 """
@@ -37,15 +37,17 @@ from typing import Any
 import requests
 from sqlalchemy import text
 
-from benchmarks import procfs
-from benchmarks.reference_apps import WEBHOOK_PATH, create_schema
 from plugin.app import Services
+from plugin.benchmarks import procfs
+from plugin.benchmarks.reference_apps import WEBHOOK_PATH, create_schema
 from plugin.db import Database
 from plugin.db.models import Delivery, Job, Note, Operation, ProcessException
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+# The folder that holds the ``plugin`` package: a source checkout, or site-packages of an install.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+GUNICORN_CONFIG = "python:plugin.gunicorn_conf"
 SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 POSTGRES_ADMIN = os.environ.get("KLARNA_OM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOTES_MARKER = "<!-- Notes below this line are kept when the bench rewrites this file. -->"
@@ -147,10 +149,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _fakes() -> tuple[Any, Any, Any]:
-    if not (ROOT / "plugin" / "testing" / "saleor.py").exists():
-        raise RuntimeError("the bench needs a source checkout (it uses plugin/testing)")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import plugin.testing.saleor as fake_saleor_module
     from plugin.testing.klarna import FakeKlarnaServer
 
@@ -441,7 +439,7 @@ class Bench:
     def _env(self, database_url: str, port: int, **extra: str) -> dict[str, str]:
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p),
             "DATABASE_URL": database_url, "KLARNA_APP_SECRET_KEYS": SECRET,
             "KLARNA_APP_PUBLIC_URL": f"http://127.0.0.1:{port}", "KLARNA_APP_ENV": "production",
             "KLARNA_APP_INSTANCE_PATH": str(self.workdir), "KLARNA_BASE_URL": self.klarna_server.base_url,
@@ -465,7 +463,7 @@ class Bench:
         """gunicorn -c gunicorn.conf.py [spec]: the app (spec None) or a reference app."""
         port = free_port()
         env = self._env(database_url or self.sqlite_url, port, **extra)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *([spec] if spec else [])]
+        cmd = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *([spec] if spec else [])]
         proc = self._spawn(f"web-{name}", cmd, env)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
@@ -586,10 +584,10 @@ class Bench:
             pickle.dump(job, fh)
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p),
         }
         popen = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.loadgen", str(source), str(target)], cwd=ROOT, env=env
+            [sys.executable, "-m", "plugin.benchmarks.loadgen", str(source), str(target)], cwd=self.workdir, env=env
         )
         return popen, target
 
@@ -627,11 +625,11 @@ class Bench:
             kind, _, backend = server.partition("-")
             database = {"sqlite": "SQLite", "postgres": "PostgreSQL", "": "-"}[backend]
             if kind == "bare":
-                proc, port = self.start_web(server, None, "benchmarks.reference_apps:bare()")
+                proc, port = self.start_web(server, None, "plugin.benchmarks.reference_apps:bare()")
             elif kind == "durable":
                 url = self.postgres() if backend == "postgres" else f"sqlite:///{self.workdir / 'durable.sqlite3'}"
                 create_schema(url)
-                proc, port = self.start_web(server, url, "benchmarks.reference_apps:durable()",
+                proc, port = self.start_web(server, url, "plugin.benchmarks.reference_apps:durable()",
                                             BENCH_DATABASE_URL=url, BENCH_JWKS_FILE=str(jwks_file))  # fmt: skip
             else:
                 url = self.postgres() if backend == "postgres" else self.sqlite()
@@ -875,10 +873,10 @@ class Bench:
 def code_version() -> str:
     """The commit measured, and whether the app's files differ from it (others may be editing)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_PARENT, capture_output=True, text=True,
                                 timeout=10).stdout.strip()  # fmt: skip
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "plugin", "webhooks", "dashboard_ext", "migrations",
-                                "gunicorn.conf.py"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+                                "gunicorn.conf.py"], cwd=PACKAGE_PARENT, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit or "unknown") + (" with uncommitted changes" if dirty else "")

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Double,
     ForeignKey,
     Integer,
     MetaData,
@@ -187,3 +188,17 @@ class ProcessException(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")  # open, retried, dismissed
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class KlarnaRateBucket(Base):
+    """The token bucket of one Klarna merchant's request rate, shared by every worker process.
+
+    ``tokens`` may go below zero: a process that takes tokens past the balance waits until they
+    mature (``-tokens / rate`` seconds). ``updated_at`` is Unix time in seconds (plugin/klarna/ratelimit.py).
+    """
+
+    __tablename__ = "klarna_rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of Klarna base URL + username
+    tokens: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)

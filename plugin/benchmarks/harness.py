@@ -1006,12 +1006,6 @@ def render(results: Results) -> str:
                 f"{_fmt(erow.bench_cpu_ms, 2)} | {_fmt(erow.postgres_cpu_ms, 2)} | {_fmt(erow.busy_cores, 2)} | "
                 f"{_fmt(erow.others_cores, 2)} |")  # fmt: skip
         add("")
-    if results.client_rows:
-        add(f"### (d) Client CPU per call: {results.client_rows[0].calls} calls each against one keep-alive loopback server "
-            "(CPU of the calling thread)")  # fmt: skip
-        add("")
-        out.extend(clients.render(results.client_rows))
-        add("")
     if results.burst:
         b = results.burst
         add(f"### (c) Burst: {b.webhooks} webhooks sent as fast as {cfg.senders} senders can, {b.workers} workers x ({b.sizing}), "
@@ -1043,6 +1037,12 @@ def render(results: Results) -> str:
         )
         add("")
         add("Per process: " + ", ".join(f"{role} {kb / 1024:.0f} MB" for role, _, kb in b.peaks) + ".")
+        add("")
+    if results.client_rows:
+        add(f"### (d) Client CPU per call: {results.client_rows[0].calls} calls each against one keep-alive loopback server "
+            "(CPU of the calling thread)")  # fmt: skip
+        add("")
+        out.extend(clients.render(results.client_rows))
         add("")
     for note in results.notes:
         add(f"- {note}")

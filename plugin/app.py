@@ -80,7 +80,8 @@ class Services:
                     url, merchant.username, merchant.password or "", rate_limiter=limiter,
                     timeout=(3.05, self.settings.http_timeout),
                 )  # fmt: skip
-            return self._clients[key]
+            client: KlarnaOrdersClient = self._clients[key]
+            return client
 
     def sync_deps(self) -> SyncDeps:
         assert self.saleor_for is not None and self.klarna_for is not None

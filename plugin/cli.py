@@ -274,11 +274,12 @@ def ops_retry(exception_id: int) -> None:
     help="Markdown file to write (default: BENCHMARKS.md of the checkout, or ./BENCHMARKS.md).",
 )
 @click.option("--burst", type=int, default=None, help="Webhooks in part c (default 10000; 200 with --quick).")
-def bench(quick: bool, only: str | None, output: str | None, burst: int | None) -> None:
+@click.option("--profile", is_flag=True, help="Sample where the worker processes' CPU goes in part b (adds overhead).")
+def bench(quick: bool, only: str | None, output: str | None, burst: int | None, profile: bool) -> None:
     """Benchmarks: acknowledgement, end to end, burst, client CPU per call (needs PostgreSQL)."""
     from plugin.benchmarks.cli import run
 
-    run(quick=quick, only=only, output=output, burst=burst)
+    run(quick=quick, only=only, output=output, burst=burst, profile=profile)
 
 
 if __name__ == "__main__":  # pragma: no cover

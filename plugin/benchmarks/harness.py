@@ -38,7 +38,7 @@ import requests
 from sqlalchemy import text
 
 from plugin.app import Services
-from plugin.benchmarks import clients, procfs
+from plugin.benchmarks import clients, procfs, sampler
 from plugin.benchmarks.reference_apps import WEBHOOK_PATH, create_schema
 from plugin.db import Database
 from plugin.db.models import Delivery, Job, Note, Operation, ProcessException
@@ -106,6 +106,7 @@ class Config:
     postgres_admin: str = POSTGRES_ADMIN
     output: Path | None = None
     keep_workdir: bool = False
+    profile: bool = False  # sample where the worker processes' CPU goes in (b)
 
     @classmethod
     def make(
@@ -191,6 +192,7 @@ class Proc:
     role: str
     popen: subprocess.Popen[bytes]
     log: Path
+    profile: Path | None = None  # where the CPU sampler writes (--profile)
 
     @property
     def pid(self) -> int:
@@ -274,6 +276,7 @@ class E2ERow:
     latency_p50: float
     latency_p99: float
     timed_out: bool
+    profile: dict[str, Any] | None = None  # the workers' CPU by function (--profile)
 
 
 @dataclass
@@ -517,7 +520,17 @@ class Bench:
             env["KLARNA_APP_WORKER_CONCURRENCY"] = str(sizing.concurrency)
             if sizing.pool_size is not None:
                 env["KLARNA_APP_DB_POOL_SIZE"] = str(sizing.pool_size)
-        procs = [self._spawn("worker", [*base, "worker"], env) for _ in range(count)]
+        procs = []
+        for _ in range(count):
+            if self.cfg.profile:
+                out = self.workdir / f"profile-{secrets.token_hex(4)}.json"
+                proc = self._spawn(
+                    "worker", [sys.executable, "-m", "plugin.benchmarks.sampler", str(out), "--", "worker"], env
+                )
+                proc.profile = out
+            else:
+                proc = self._spawn("worker", [*base, "worker"], env)
+            procs.append(proc)
         deadline = time.monotonic() + 60
         for proc in procs:
             while "started" not in proc.log.read_text():
@@ -692,6 +705,9 @@ class Bench:
         procs = self.start_workers(workers, url, sizing)
         try:
             pids = {"web": web.pid, **{f"worker{i}": p.pid for i, p in enumerate(procs)}}
+            for proc in procs:
+                if proc.profile is not None:
+                    proc.popen.send_signal(signal.SIGUSR1)  # the profile starts now, without start-up
             before = self.snapshot(pids)
             popen, target = self.launch_load(port, items)
             timeout = 30 + count * (0.6 if latency else 0.2)
@@ -710,6 +726,7 @@ class Bench:
         acked = {items_index: end for items_index, _, end, status in load.records if status == 200}
         per_order = [self.note_times[o] - acked[i] for i, o in enumerate(orders) if o in self.note_times and i in acked]
         n = max(len(done), 1)
+        reports = [json.loads(p.profile.read_text()) for p in procs if p.profile is not None and p.profile.exists()]
         row = E2ERow(
             latency=latency, workers=workers, sizing=sizing, orders=count, done=len(done),
             captured=self.klarna.counts()["captures"] - captures_before, seconds=seconds,
@@ -719,6 +736,7 @@ class Bench:
             others_cores=self._others(before, after, worker_cpu + web_cpu + bench_cpu + pg_cpu + load.cpu),
             busy_cores=self._busy(before, after),
             latency_p50=percentile(per_order, 50), latency_p99=percentile(per_order, 99), timed_out=timed_out,
+            profile=sampler.merge(reports) if reports else None,
         )  # fmt: skip
         self.echo(f"    {row.rate:6.1f} orders/s  worker cpu {row.worker_cpu_ms:5.2f} ms/order  done {row.done}/{count}"
                   f"  captured {row.captured}{'  TIMED OUT' if timed_out else ''}")  # fmt: skip
@@ -1005,6 +1023,16 @@ def render(results: Results) -> str:
             add(f"| {erow.latency * 1000:.0f} ms | {erow.workers} | {_fmt(erow.worker_cpu_ms, 2)} | {_fmt(erow.web_cpu_ms, 2)} | "
                 f"{_fmt(erow.bench_cpu_ms, 2)} | {_fmt(erow.postgres_cpu_ms, 2)} | {_fmt(erow.busy_cores, 2)} | "
                 f"{_fmt(erow.others_cores, 2)} |")  # fmt: skip
+        add("")
+    profiled: dict[float, tuple[E2ERow, dict[str, Any]]] = {}
+    for erow in results.e2e:
+        if erow.profile is not None:
+            profiled.setdefault(erow.latency, (erow, erow.profile))
+    for erow, profile in profiled.values():
+        add(f"Where the worker processes' CPU went, Klarna {erow.latency * 1000:.0f} ms, {erow.workers} worker(s) "
+            f"(sampled by thread CPU time, `--profile`; {profile['seconds']:.1f} s of CPU sampled over {erow.done} orders):")  # fmt: skip
+        add("")
+        out.extend(sampler.render(profile, per=max(erow.done, 1)))
         add("")
     if results.burst:
         b = results.burst

@@ -37,17 +37,24 @@ def _thread_ticks(tid: int) -> int | None:
         return None
 
 
+_APP_PACKAGES = ("plugin", "webhooks", "dashboard_ext")
+
+
 def _label(frame: FrameType) -> str:
+    """``package/module.py:function``: the app's own code by its path in the project, libraries by
+    their path in site-packages, the standard library by its module file."""
     code = frame.f_code
-    path = code.co_filename
-    for marker in ("/site-packages/", "/lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
+    parts = Path(code.co_filename).parts
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
     else:
-        parts = Path(path).parts
-        path = "/".join(parts[-2:]) if len(parts) >= 2 else path
-    return f"{path}:{code.co_name}"
+        app = [i for i, part in enumerate(parts) if part in _APP_PACKAGES]
+        parts = parts[app[-1] :] if app else parts[-1:]
+    return f"{'/'.join(parts)}:{code.co_name}"
+
+
+def is_app(label: str) -> bool:
+    return label.startswith(tuple(f"{p}/" for p in _APP_PACKAGES)) and not label.startswith("plugin/benchmarks/")
 
 
 class CpuSampler:
@@ -135,18 +142,18 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], *, per: int, top: int = 12) -> list[str]:
-    """Two tables: inclusive (the function and what it calls) and self (on top of the stack)."""
+    """The app's functions by inclusive CPU (the function and what it calls), then the leaves overall."""
     ticks = report["ticks"] or 1
-    out = ["| function (file:name) | inclusive ms CPU per order | inclusive % | self ms CPU per order | self % |",
+    out = ["| app function (file:name) | inclusive ms CPU per order | inclusive % | self ms CPU per order | self % |",
            "|---|---:|---:|---:|---:|"]  # fmt: skip
     own = dict(report["exclusive"])
-    shown = [name for name, _ in report["inclusive"] if "benchmarks/sampler" not in name and "threading.py" not in name]
+    shown = [name for name, _ in report["inclusive"] if is_app(name)]
     for name in shown[:top]:
         inc = dict(report["inclusive"])[name]
         out.append(f"| `{name}` | {inc / TICK * 1000 / per:.2f} | {inc / ticks:.0%} | "
                    f"{own.get(name, 0) / TICK * 1000 / per:.2f} | {own.get(name, 0) / ticks:.0%} |")  # fmt: skip
     out.append("")
-    out.append("Most self time: " + ", ".join(
+    out.append("Most self time (any code): " + ", ".join(
         f"`{name}` {count / ticks:.0%}" for name, count in report["exclusive"][:top]) + ".")  # fmt: skip
     return out
 

@@ -10,8 +10,9 @@ so many processes queue up fairly on the row instead of polling it.
 
 A batch is at most ``BATCH_SECONDS`` of the rate, and a token not used within ``HOLD_SECONDS`` of
 maturing is dropped, so tokens a process took but did not use can exceed the rate only briefly and
-by little. If the database cannot be reached, calls fall back to this process's share of nothing
-better: a local bucket at the full rate, with a warning (the worker needs the database anyway).
+by little. If the database cannot be reached (or its pool has no connection to spare), calls fall
+back to a local bucket at the full rate for ``FALLBACK_SECONDS``, with a warning, then try the
+shared bucket again (the worker needs the database anyway).
 """
 
 from __future__ import annotations
@@ -25,20 +26,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from sqlalchemy import Engine, Table, case, literal, update
+from sqlalchemy import BindParameter, Double, Engine, Table, bindparam, case, literal, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from plugin.db.models import KlarnaRateBucket
 from plugin.klarna.client import RateLimiter
 
-__all__ = ["BATCH_SECONDS", "HOLD_SECONDS", "SharedRateLimiter", "bucket_key"]
+__all__ = ["BATCH_SECONDS", "FALLBACK_SECONDS", "HOLD_SECONDS", "SharedRateLimiter", "bucket_key"]
 
 logger = logging.getLogger(__name__)
 
 BATCH_SECONDS: Final = 0.05
 MAX_BATCH: Final = 20
 HOLD_SECONDS: Final = 0.25
+FALLBACK_SECONDS: Final = 10.0
 
 _bucket = cast(Table, KlarnaRateBucket.__table__)
 
@@ -54,6 +57,29 @@ def _least(a: Any, b: Any) -> Any:
 
 def _greatest(a: Any, b: Any) -> Any:
     return case((a > b, a), else_=b)
+
+
+def _number(name: str) -> BindParameter[float]:
+    # b_ prefix: SQLAlchemy reserves a column's own name for the SET clause of an UPDATE.
+    return bindparam(f"b_{name}", type_=Double())
+
+
+def _take_statement() -> Any:
+    """Refill for the time since the last take (up to the burst), take ``take`` tokens, return the balance."""
+    now, burst, rate, take = (_number(name) for name in ("now", "burst", "rate", "take"))
+    elapsed = _greatest(now - _bucket.c.updated_at, literal(0.0, Double()))
+    return (
+        update(_bucket)
+        .where(_bucket.c.key == bindparam("b_key"))
+        .values(
+            tokens=_least(burst, _bucket.c.tokens + elapsed * rate) - take,
+            updated_at=_greatest(_bucket.c.updated_at, now),
+        )
+        .returning(_bucket.c.tokens)
+    )
+
+
+_TAKE = _take_statement()  # built once; one round trip per batch of tokens
 
 
 class SharedRateLimiter:
@@ -83,10 +109,18 @@ class SharedRateLimiter:
         self._lock = threading.Lock()
         self._ready: deque[float] = deque()  # when each token this process holds matures (clock time)
         self._fallback: RateLimiter | None = None
+        self._fallback_until = 0.0
+
+    @property
+    def shared(self) -> bool:
+        """False while the database is out of reach and this process limits itself alone."""
+        return self._fallback is None
 
     def acquire(self) -> None:
         """Take one token, waiting until it has matured."""
         with self._lock:
+            if self._fallback is not None and self._clock() >= self._fallback_until:
+                self._fallback = None  # try the shared bucket again
             fallback = self._fallback
             if fallback is None:
                 now = self._clock()
@@ -110,12 +144,13 @@ class SharedRateLimiter:
             if balance is None:
                 self._create(now)
                 balance = self._update(now)
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             logger.warning(
-                "Klarna rate limit: the database is unreachable, limiting this process alone",
+                "Klarna rate limit: the database is unreachable, limiting this process alone for a while",
                 extra={"error": exc.__class__.__name__},
             )
             self._fallback = RateLimiter(self._rate, int(self._burst), sleep=self._sleep)
+            self._fallback_until = now + FALLBACK_SECONDS
             return []
         if balance is None:  # the row vanished between the two statements: act as a fresh bucket
             balance = self._burst - self.batch
@@ -124,19 +159,15 @@ class SharedRateLimiter:
         return [now + max(0.0, -(balance + self.batch - i)) / self._rate for i in range(1, self.batch + 1)]
 
     def _update(self, now: float) -> float | None:
-        elapsed = _greatest(literal(now) - _bucket.c.updated_at, literal(0.0))
-        statement = (
-            update(_bucket)
-            .where(_bucket.c.key == self._key)
-            .values(
-                tokens=_least(literal(self._burst), _bucket.c.tokens + elapsed * literal(self._rate))
-                - literal(float(self.batch)),
-                updated_at=_greatest(_bucket.c.updated_at, literal(now)),
-            )
-            .returning(_bucket.c.tokens)
-        )
+        params = {
+            "b_key": self._key,
+            "b_now": now,
+            "b_burst": self._burst,
+            "b_rate": self._rate,
+            "b_take": float(self.batch),
+        }
         with self._engine.connect() as conn:
-            value = conn.execute(statement).scalar_one_or_none()
+            value = conn.execute(_TAKE, params).scalar_one_or_none()
         return None if value is None else float(value)
 
     def _create(self, now: float) -> None:

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from plugin.db import Database
 from plugin.klarna.client import KlarnaOrdersClient
-from plugin.klarna.ratelimit import SharedRateLimiter, bucket_key
+from plugin.klarna.ratelimit import FALLBACK_SECONDS, SharedRateLimiter, bucket_key
 from plugin.testing.loopback import LoopbackServer
 
 ORDER = json.dumps({"order_id": "o-1", "status": "AUTHORIZED"}).encode()
@@ -77,15 +78,22 @@ def test_batches_are_small_and_bounded() -> None:
     assert SharedRateLimiter(engine, "k", 100_000, 5).batch == 5
 
 
-def test_an_unreachable_database_falls_back_to_a_local_limit(tmp_path: Any) -> None:
-    # given a database without the table (as if unreachable)
-    db = Database(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
-    waits: list[float] = []
-    limiter = SharedRateLimiter(db.engine, "k", 1000.0, 2, sleep=waits.append)
+def test_an_unreachable_database_falls_back_to_a_local_limit_for_a_while(tmp_path: Any) -> None:
+    # given a database without the table yet (as if unreachable)
+    db = Database(f"sqlite:///{tmp_path / 'late.sqlite3'}")
+    clock = Clock()
+    limiter = SharedRateLimiter(db.engine, "k", 1000.0, 2, clock=clock, sleep=clock.sleep)
     # when tokens are taken / then calls go on, limited by this process alone
     for _ in range(3):
         limiter.acquire()
-    assert len(waits) == 1 and 0 < waits[0] <= 0.001 + 1e-6
+    assert not limiter.shared
+    # and once the database answers again and the fallback time is over, the shared bucket is used
+    db.upgrade()
+    clock.now += FALLBACK_SECONDS
+    limiter.acquire()
+    assert limiter.shared
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM klarna_rate_buckets")).scalar_one() == 1
     db.dispose()
 
 

@@ -1,20 +1,7 @@
 """Production serving: ``gunicorn -c gunicorn.conf.py`` (workers run with ``klarna-om worker``).
 
-Web processes only verify, record and enqueue; every setting below can be overridden on the
-command line or with GUNICORN_CMD_ARGS.
+The settings live in ``plugin/gunicorn_conf.py`` so that they ship with the package: from an
+installed copy, ``gunicorn -c python:plugin.gunicorn_conf`` is the same configuration.
 """
 
-import os
-
-wsgi_app = "plugin.wsgi:create()"
-bind = os.environ.get("KLARNA_APP_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("KLARNA_APP_WEB_THREADS", "8"))
-timeout = 30  # Saleor waits 20 s at most
-graceful_timeout = 20  # SIGTERM: finish in-flight requests, then exit
-keepalive = 5
-max_requests = 10000
-max_requests_jitter = 1000
-accesslog = None
-errorlog = "-"
+from plugin.gunicorn_conf import *  # noqa: F403 - gunicorn reads the settings from this module's globals

@@ -16,8 +16,9 @@ from werkzeug.exceptions import HTTPException
 from plugin.crypto import SecretBox
 from plugin.db import Database, NotMigratedError
 from plugin.db.repository import SqlLedger
-from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
+from plugin.klarna.client import KlarnaOrdersClient, base_url
 from plugin.klarna.port import KlarnaOrders
+from plugin.klarna.ratelimit import SharedRateLimiter, bucket_key
 from plugin.metrics import render as render_metrics
 from plugin.saleor import client as saleor_client
 from plugin.saleor.port import SaleorOrders
@@ -73,15 +74,20 @@ class Services:
         key = ("klarna", url, merchant.username, merchant.password)
         with self._lock:
             if key not in self._clients:
-                # One client (pool, rate limiter) per merchant credentials: Klarna limits per merchant.
-                limiter = RateLimiter(
-                    self.settings.klarna_rate_per_second, max(1, int(self.settings.klarna_rate_per_second))
+                # One client (pool, rate limiter) per merchant credentials: Klarna limits per merchant,
+                # so the limiter's bucket lives in the database, shared by every worker process.
+                limiter = SharedRateLimiter(
+                    self.db.engine,
+                    bucket_key(url, merchant.username),
+                    self.settings.klarna_rate_per_second,
+                    max(1, int(self.settings.klarna_rate_per_second)),
                 )
                 self._clients[key] = KlarnaOrdersClient(
                     url, merchant.username, merchant.password or "", rate_limiter=limiter,
                     timeout=(3.05, self.settings.http_timeout),
                 )  # fmt: skip
-            return self._clients[key]
+            client: KlarnaOrdersClient = self._clients[key]
+            return client
 
     def sync_deps(self) -> SyncDeps:
         """The worker's use case wired to the adapters: the SQL ledger and ports over the clients."""

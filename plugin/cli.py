@@ -384,15 +384,22 @@ def ops_retry(exception_id: int) -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="A short run (about a minute).")
-@click.option("--only", default=None, help="Parts to run: a (acknowledgement), b (end to end), c (burst), e.g. a,c.")
-@click.option("--output", default=None, help="Markdown file to write (default BENCHMARKS.md in the checkout).")
+@click.option("--quick", is_flag=True, help="A short run (about a minute); prints the table, writes no file.")
+@click.option(
+    "--only", default=None, help="Parts: a (acknowledgement), b (end to end), c (burst), d (client CPU), e.g. a,c."
+)
+@click.option(
+    "--output",
+    default=None,
+    help="Markdown file to write (default: BENCHMARKS.md of the checkout, or ./BENCHMARKS.md).",
+)
 @click.option("--burst", type=int, default=None, help="Webhooks in part c (default 10000; 200 with --quick).")
-def bench(quick: bool, only: str | None, output: str | None, burst: int | None) -> None:
-    """Benchmarks: acknowledgement, end to end, burst (needs a source checkout and PostgreSQL)."""
-    from plugin.bench import run
+@click.option("--profile", is_flag=True, help="Sample where the worker processes' CPU goes in part b (adds overhead).")
+def bench(quick: bool, only: str | None, output: str | None, burst: int | None, profile: bool) -> None:
+    """Benchmarks: acknowledgement, end to end, burst, client CPU per call (needs PostgreSQL)."""
+    from plugin.benchmarks.cli import run
 
-    run(quick=quick, only=only, output=output, burst=burst)
+    run(quick=quick, only=only, output=output, burst=burst, profile=profile)
 
 
 if __name__ == "__main__":  # pragma: no cover

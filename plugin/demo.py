@@ -1,13 +1,12 @@
 """``klarna-om demo``: the product working end to end on loopback, in one command.
 
 The app serves on a free port with an in-process worker; a fake Saleor 3.23 installs it and sends
-signed webhooks; a fake Klarna OM answers. Both fakes live in the test suite (plugin/testing), so the
-demo runs from a source checkout.
+signed webhooks; a fake Klarna OM answers. Both fakes ship with the package (plugin/testing), so the
+demo runs from any folder of a plain install.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,20 +24,12 @@ from plugin.settings import Settings
 from plugin.worker import Worker
 
 
-def _fakes() -> tuple[Any, Any, Any]:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "plugin" / "testing" / "saleor.py").exists():
-        raise click.ClickException("the demo needs a source checkout (it uses plugin/testing)")
-    sys.path.insert(0, str(root))
-    from plugin.testing.klarna import FakeKlarnaServer
-    from plugin.testing.loopback import LoopbackServer
-    from plugin.testing.saleor import FakeSaleor
-
-    return FakeSaleor, FakeKlarnaServer, LoopbackServer
-
-
 def run(echo: Callable[[str], None] = click.echo) -> None:
-    fake_saleor_cls, fake_klarna_cls, loopback_cls = _fakes()
+    # The fakes load Saleor's schema and Klarna's OpenAPI spec: imported only when the demo runs.
+    from plugin.testing.klarna import FakeKlarnaServer as fake_klarna_cls
+    from plugin.testing.loopback import LoopbackServer as loopback_cls
+    from plugin.testing.saleor import FakeSaleor as fake_saleor_cls
+
     workdir = Path(tempfile.mkdtemp(prefix="klarna-om-demo-"))
     klarna_server = fake_klarna_cls().start()
     holder: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from plugin.db.models import Delivery, utcnow
 from plugin.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
@@ -30,6 +30,7 @@ ORDER_EVENTS = (
     "ORDER_METADATA_UPDATED", "FULFILLMENT_CREATED", "FULFILLMENT_APPROVED", "FULFILLMENT_CANCELED",
 )  # fmt: skip
 ORDER_EVENTS_PATH = "/api/webhooks/order-events"
+_RECORD_DELIVERY = insert(Delivery)  # built once: the hot path runs it on every event
 APP_DELETED_PATH = "/api/webhooks/app-deleted"
 
 
@@ -134,8 +135,11 @@ def _webhook_error(status: int, code: str, message: str):  # type: ignore[no-unt
     return jsonify(error={"type": code, "message": message}), status
 
 
-def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    """Headers, installation, signature: (installation, raw body, event) or an error response."""
+def _verified(expected_events: tuple[str, ...], conn: Connection | None = None):  # type: ignore[no-untyped-def]
+    """Headers, installation, signature: (installation, raw body, event) or an error response.
+
+    ``conn``: read the installation on this connection (the caller's, which records the delivery).
+    """
     services = _services()
     raw = request.get_data(cache=True)
     saleor_api_url = request.headers.get("Saleor-Api-Url", "")
@@ -151,8 +155,11 @@ def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
         return None, _webhook_error(400, "MISSING_SIGNATURE_HEADER", "Missing saleor-signature header")
     if not raw:
         return None, _webhook_error(400, "MISSING_REQUEST_BODY", "Missing request body")
-    with services.db.engine.connect() as conn:
+    if conn is not None:
         installation = installations.load_keys(conn, saleor_api_url)
+    else:
+        with services.db.engine.connect() as own_conn:
+            installation = installations.load_keys(own_conn, saleor_api_url)
     if installation is None:
         return None, _webhook_error(401, "NOT_REGISTERED", "The app is not installed in this Saleor")
     try:
@@ -167,27 +174,32 @@ def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
 
 @bp.post(ORDER_EVENTS_PATH)
 def order_events():  # type: ignore[no-untyped-def]
-    """Verify, record the delivery and enqueue the order's sync in one transaction, answer 200."""
-    verified, error = _verified(ORDER_EVENTS)
-    if error is not None:
-        return error
-    installation, raw, event = verified
-    try:
-        parsed = parse_order_event(raw)
-    except PayloadError as exc:
-        return _webhook_error(400, "MALFORMED_PAYLOAD", str(exc))
-    if parsed.recipient_id != installation.app_id:
-        return _webhook_error(403, "WRONG_RECIPIENT", "The event is addressed to another app")
-    # The app's own notes and metadata come back as events: nothing to sync for those.
-    own = parsed.principal_id == installation.app_id
+    """Verify, record the delivery and enqueue the order's sync in one transaction, answer 200.
+
+    One pooled connection serves the installation's keys and the write (one checkout, one ping):
+    the hot path's database round trips are the read, the two writes and the commit.
+    """
     services = _services()
-    with services.db.engine.begin() as conn:
-        conn.execute(insert(Delivery), {
+    with services.db.engine.connect() as conn:
+        verified, error = _verified(ORDER_EVENTS, conn)
+        if error is not None:
+            return error
+        installation, raw, event = verified
+        try:
+            parsed = parse_order_event(raw)
+        except PayloadError as exc:
+            return _webhook_error(400, "MALFORMED_PAYLOAD", str(exc))
+        if parsed.recipient_id != installation.app_id:
+            return _webhook_error(403, "WRONG_RECIPIENT", "The event is addressed to another app")
+        # The app's own notes and metadata come back as events: nothing to sync for those.
+        own = parsed.principal_id == installation.app_id
+        conn.execute(_RECORD_DELIVERY, {
             "saleor_api_url": installation.saleor_api_url, "event": event, "order_id": parsed.order_id,
             "principal": parsed.principal_id, "enqueued": not own, "received_at": utcnow(),
         })  # fmt: skip
         if not own:
             queue.enqueue(conn, installation.saleor_api_url, parsed.order_id)
+        conn.commit()
     WEBHOOKS_RECEIVED.labels(event).inc()
     worker = current_app.extensions.get("klarna_om_worker")
     if worker is not None and not own:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Integer,
     MetaData,
@@ -271,3 +272,17 @@ class KlarnaBinding(Base):
     klarna_order_id: Mapped[str] = mapped_column(String(255))
     order_id: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KlarnaRateBucket(Base):
+    """The token bucket of one Klarna merchant's request rate, shared by every worker process.
+
+    ``tokens`` may go below zero: a process that takes tokens past the balance waits until they
+    mature (``-tokens / rate`` seconds). ``updated_at`` is Unix time in seconds (plugin/klarna/ratelimit.py).
+    """
+
+    __tablename__ = "klarna_rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of Klarna base URL + username
+    tokens: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)

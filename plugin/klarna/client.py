@@ -8,6 +8,8 @@ client-side ``RateLimiter``.
 
 from __future__ import annotations
 
+import base64
+import functools
 import importlib.metadata
 import json
 import logging
@@ -17,12 +19,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
-from requests.auth import HTTPBasicAuth
+from requests.adapters import BaseAdapter, HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from plugin.klarna.errors import KlarnaTransportError, error_from_response
@@ -32,6 +34,7 @@ __all__ = [
     "BASE_URLS",
     "KlarnaOrdersClient",
     "KlarnaResponse",
+    "Limiter",
     "RateLimiter",
     "base_url",
     "default_user_agent",
@@ -82,6 +85,12 @@ def default_user_agent() -> str:
     except importlib.metadata.PackageNotFoundError:
         version = "0.0.0"
     return f"Library/{_PACKAGE}_{version} Language/Python_{platform.python_version()} Module/{_PACKAGE}_{version}"
+
+
+class Limiter(Protocol):
+    """What the client waits on before each call: a token of the merchant's rate."""
+
+    def acquire(self) -> None: ...
 
 
 class RateLimiter:
@@ -158,17 +167,31 @@ class KlarnaOrdersClient:
         session: requests.Session | None = None,
         timeout: float | tuple[float, float] = (3.05, 20.0),
         user_agent: str | None = None,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: Limiter | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        # Bytes: requests would encode str credentials as Latin-1 and fail on anything else.
-        self._auth = HTTPBasicAuth(username.encode(), password.encode())
+        self._orders_url = f"{self._base_url}{_ORDERS_PATH}/"
         self._owns_session = session is None
         self._session = session if session is not None else _new_session()
         self._timeout = timeout
         self._user_agent = user_agent or default_user_agent()
         self._rate_limiter = rate_limiter
-        self._env_settings: dict[str, Any] | None = None
+        # Built once: the headers every call sends (credentials as UTF-8; requests would encode str
+        # credentials as Latin-1 and fail on anything else), and their redacted copy for the log.
+        self._headers: dict[str, str] = {
+            "User-Agent": self._user_agent,
+            "Accept": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii"),
+        }
+        self._log_headers = _redact(self._headers)
+        # A malformed base URL is reported by the first call, as requests would report it.
+        self._url_error: requests.RequestException | None = None
+        try:
+            requests.PreparedRequest().prepare_url(self._orders_url, None)
+        except requests.RequestException as exc:
+            self._url_error = exc
+        self._adapter: BaseAdapter | None = None
+        self._env_settings: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"KlarnaOrdersClient(base_url={self._base_url!r})"
@@ -275,24 +298,32 @@ class KlarnaOrdersClient:
     ) -> KlarnaResponse:
         if method != "GET" and not idempotency_key:
             raise ValueError(f"{operation} requires a non-empty idempotency_key")
-        url = f"{self._base_url}{_ORDERS_PATH}/{_segment(order_id)}{suffix}"
-        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
+        if self._url_error is not None:
+            raise self._url_error
+        url = f"{self._orders_url}{_segment(order_id)}{suffix}"
+        # The request is built here rather than by Session.prepare_request, which would merge session
+        # settings, re-parse the URL, re-encode the auth and look up ~/.netrc on every call: the URL is
+        # checked once (__init__) and its path segments are quoted; headers and auth are built once.
+        headers = dict(self._headers)
+        log_headers = dict(self._log_headers)
         data: bytes | None = None
         request_body: Any = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             request_body = json.loads(data)  # a detached copy of exactly what was sent
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = log_headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = log_headers["Content-Length"] = str(len(data))
+        elif method != "GET":
+            headers["Content-Length"] = log_headers["Content-Length"] = "0"
         if idempotency_key:
-            headers["Klarna-Idempotency-Key"] = idempotency_key
-
-        prepared = self._session.prepare_request(
-            requests.Request(method, url, headers=headers, data=data, auth=self._auth)
-        )
+            headers["Klarna-Idempotency-Key"] = log_headers["Klarna-Idempotency-Key"] = idempotency_key
+        prepared = requests.PreparedRequest()
+        prepared.method, prepared.url, prepared.body = method, url, data
+        prepared.headers = CaseInsensitiveDict(headers)
         log: dict[str, Any] = {
             "method": method,
             "url": url,
-            "request_headers": _redact(prepared.headers),
+            "request_headers": log_headers,
             "request_body": request_body,
             "status": None,
             "response_headers": None,
@@ -304,10 +335,11 @@ class KlarnaOrdersClient:
         if self._rate_limiter is not None:
             self._rate_limiter.acquire()
 
-        settings = self._environment_settings(url)
+        adapter, settings = self._transport(url)
         started = time.monotonic()
         try:
-            response = self._session.send(prepared, timeout=self._timeout, allow_redirects=False, **settings)
+            # The adapter directly: no cookie jar, hooks or redirect logic (redirects are never followed).
+            response = adapter.send(prepared, timeout=self._timeout, **settings)
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -322,12 +354,13 @@ class KlarnaOrdersClient:
                 log=log,
             ) from exc
 
+        content = response.content
         log["elapsed_ms"] = _elapsed_ms(started)
         log["status"] = response.status_code
         log["response_headers"] = _redact(response.headers)
-        log["response_body"] = _body_for_log(response.content)
+        parsed, log["response_body"] = _parse_body(content)
         if not 200 <= response.status_code < 300:
-            error = error_from_response(response.status_code, response.content, response.headers, log)
+            error = error_from_response(response.status_code, content, response.headers, log)
             log["correlation_id"] = error.correlation_id
             self._log_call(
                 operation,
@@ -346,17 +379,19 @@ class KlarnaOrdersClient:
             resource_id = response.headers.get(id_header) or _location_tail(response.headers)
         return KlarnaResponse(
             status=response.status_code,
-            json=_parse_json(response.content),
+            json=parsed if isinstance(parsed, dict | list) else None,
             resource_id=resource_id,
             log=log,
         )
 
-    def _environment_settings(self, url: str) -> dict[str, Any]:
-        """Proxy and CA settings from the environment, read once per client (requests re-reads
-        ``os.environ`` on every call otherwise)."""
-        if self._env_settings is None:
-            self._env_settings = self._session.merge_environment_settings(url, {}, None, None, None)
-        return self._env_settings
+    def _transport(self, url: str) -> tuple[BaseAdapter, dict[str, Any]]:
+        """The session's adapter and the proxy and CA settings from the environment, looked up once per
+        client (requests re-reads ``os.environ`` on every call otherwise)."""
+        if self._adapter is None:
+            settings = self._session.merge_environment_settings(url, {}, None, None, None)
+            self._env_settings = {key: settings[key] for key in ("proxies", "verify", "cert")}
+            self._adapter = self._session.get_adapter(url)
+        return self._adapter, self._env_settings
 
     @staticmethod
     def _log_call(
@@ -367,9 +402,11 @@ class KlarnaOrdersClient:
         outcome: str,
         error_code: str | None = None,
     ) -> None:
-        KLARNA_CALLS.labels(operation, outcome).inc()
+        _calls_counter(operation, outcome).inc()
         if log["elapsed_ms"] is not None:
-            KLARNA_LATENCY.labels(operation).observe(log["elapsed_ms"] / 1000)
+            _latency_histogram(operation).observe(log["elapsed_ms"] / 1000)
+        if not logger.isEnabledFor(logging.INFO):
+            return
         logger.info(
             "Klarna call finished",
             extra={
@@ -399,6 +436,17 @@ class KlarnaOrdersClient:
             body=body,
             idempotency_key=idempotency_key,
         )
+
+
+@functools.cache
+def _calls_counter(operation: str, outcome: str) -> Any:
+    """The labelled child, looked up once (``labels()`` takes a lock and builds a key per call)."""
+    return KLARNA_CALLS.labels(operation, outcome)
+
+
+@functools.cache
+def _latency_histogram(operation: str) -> Any:
+    return KLARNA_LATENCY.labels(operation)
 
 
 def _new_session() -> requests.Session:
@@ -431,26 +479,22 @@ def _elapsed_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-def _parse_json(content: bytes) -> JSONValue:
+def _parse_body(content: bytes) -> tuple[Any, Any]:
+    """The body parsed as JSON (None when it is not JSON), and the body for the log (≤ 10 kB).
+
+    Parsed once: a small JSON body is logged as the same (read-only) value the caller gets.
+    """
     if not content:
-        return None
+        return None, None
     try:
         value = json.loads(content)
     except ValueError:
-        return None
-    return value if isinstance(value, dict | list) else None
-
-
-def _body_for_log(content: bytes) -> Any:
-    if not content:
-        return None
-    if len(content) <= _LOG_BODY_LIMIT:
-        try:
-            return json.loads(content)
-        except ValueError:
-            pass
+        value = None
+    else:
+        if len(content) <= _LOG_BODY_LIMIT:
+            return value, value
     text = content[:_LOG_BODY_LIMIT].decode("utf-8", errors="replace")
-    return text + "…[truncated]" if len(content) > _LOG_BODY_LIMIT else text
+    return value, (text + "…[truncated]" if len(content) > _LOG_BODY_LIMIT else text)
 
 
 def _location_tail(headers: Mapping[str, str]) -> str | None:

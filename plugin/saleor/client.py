@@ -6,6 +6,7 @@ Only this module knows the shape of Saleor's GraphQL answers; it returns domain 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from typing import Any
@@ -13,9 +14,16 @@ from urllib.parse import urlsplit
 
 import requests
 from gql import Client, GraphQLRequest
-from gql.transport.exceptions import TransportError, TransportQueryError
+from gql.transport.exceptions import (
+    TransportClosed,
+    TransportConnectionFailed,
+    TransportError,
+    TransportQueryError,
+)
 from gql.transport.requests import RequestsHTTPTransport
-from graphql import DocumentNode, parse
+from graphql import DocumentNode, ExecutionResult, parse
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
 
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
@@ -94,6 +102,61 @@ class _Request(GraphQLRequest):
         return payload
 
 
+class _LeanTransport(RequestsHTTPTransport):
+    """gql's requests transport without the work it repeats on every call.
+
+    ``Session.request`` would re-read the proxy variables of ``os.environ``, look up ~/.netrc, merge
+    session settings and re-prepare the URL and headers on every call. Here the environment's proxy
+    and CA settings are read once when the session opens, the headers are built once, and each call
+    sends one prepared POST through the session's adapter (no cookies, hooks or redirects). What
+    comes back is read by gql's own ``_prepare_result``, so errors surface as they did.
+    """
+
+    def __init__(self, url: str, token: str, timeout: int) -> None:
+        super().__init__(url=url, timeout=timeout, retries=0)
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": requests.utils.default_user_agent(),
+        }
+        self._adapter: BaseAdapter | None = None
+        self._send_settings: dict[str, Any] = {}
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[no-untyped-call]  # gql leaves connect() unannotated
+        session = self.session
+        assert session is not None
+        settings = session.merge_environment_settings(self.url, {}, None, None, None)
+        self._send_settings = {key: settings[key] for key in ("proxies", "verify", "cert")}
+        self._adapter = session.get_adapter(self.url)
+
+    def execute(
+        self,
+        request: GraphQLRequest,
+        timeout: int | None = None,
+        extra_args: dict[str, Any] | None = None,
+        upload_files: bool = False,
+    ) -> ExecutionResult:
+        if extra_args or upload_files:  # not used by this app: gql's own path
+            return super().execute(request, timeout=timeout, extra_args=extra_args, upload_files=upload_files)
+        if self._adapter is None:
+            raise TransportClosed("Transport is not connected")
+        body = json.dumps(request.payload, separators=(",", ":"), ensure_ascii=False).encode()
+        prepared = requests.PreparedRequest()
+        prepared.method, prepared.url, prepared.body = "POST", self.url, body
+        prepared.headers = CaseInsensitiveDict({**self._headers, "Content-Length": str(len(body))})
+        try:
+            response = self._adapter.send(prepared, timeout=timeout or self.default_timeout, **self._send_settings)
+        except Exception as exc:  # gql's contract: any failure to send is TransportConnectionFailed
+            raise TransportConnectionFailed(str(exc)) from exc
+        return self._prepare_result(response)
+
+    def close(self) -> None:
+        super().close()  # type: ignore[no-untyped-call]  # gql leaves close() unannotated
+        self._adapter = None
+
+
 class SaleorError(Exception):
     """Saleor could not be reached or refused the call."""
 
@@ -137,9 +200,7 @@ class SaleorClient:
 
     def __init__(self, saleor_api_url: str, token: str, *, timeout: int = 20) -> None:
         self.saleor_api_url = saleor_api_url
-        transport = RequestsHTTPTransport(
-            url=saleor_api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, retries=0
-        )
+        transport = _LeanTransport(saleor_api_url, token, timeout)
         self._client = Client(transport=transport, fetch_schema_from_transport=False)
         self._session: Any = None
         self._lock = threading.Lock()
@@ -148,7 +209,7 @@ class SaleorClient:
     def _execute(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             if self._session is None:
-                self._session = self._client.connect_sync()
+                self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]  # gql leaves it unannotated
             try:
                 request = _Request(document, variables)
                 return self._session.execute(request)  # type: ignore[no-any-return]
@@ -160,7 +221,7 @@ class SaleorClient:
 
     def _reset(self) -> None:
         try:
-            self._client.close_sync()
+            self._client.close_sync()  # type: ignore[no-untyped-call]  # gql leaves it unannotated
         except Exception:  # noqa: BLE001 - closing a broken session is best effort
             logger.debug("closing the Saleor session failed")
         self._session = None

@@ -32,14 +32,14 @@ def postgres_admin() -> str:
 
 
 def test_bench_runs_at_a_tiny_size(postgres_admin: str, tmp_path: Path) -> None:
-    from plugin.bench import parse_parts, run
+    from plugin.benchmarks.cli import parse_parts, run
 
     output = tmp_path / "BENCHMARKS.md"
     lines: list[str] = []
     results = run(
         output=str(output), burst=20, echo=lines.append, postgres_admin=postgres_admin,
         ack_warmup=5, ack_requests=20, ack_servers=("app-postgres", "durable-sqlite", "bare"),
-        e2e_orders=20, e2e_latencies=(0.0,), e2e_workers=(1,), burst_workers=1, burst_wait=120.0,
+        e2e_orders=20, e2e_latencies=(0.0,), e2e_workers=(1,), burst_workers=1, burst_wait=120.0, client_calls=30,
     )  # fmt: skip
 
     # (a) one row per server, every webhook acknowledged, with rates, latencies and CPU
@@ -58,9 +58,38 @@ def test_bench_runs_at_a_tiny_size(postgres_admin: str, tmp_path: Path) -> None:
     roles = {role for role, _, _ in burst.peaks}
     assert {"web master", "web worker", "worker"} <= roles
     assert all(kb > 0 for _, _, kb in burst.peaks)
+    # (d) CPU per call of each client, the bare references first
+    names = [row.name for row in results.client_rows]
+    assert names[:3] == ["bare http.client, GET", "bare requests.Session, GET", "app Klarna client, get_order"]
+    assert "app Saleor client, add_note" in names
+    assert all(math.isfinite(row.cpu_us) and row.cpu_us > 0 for row in results.client_rows)
     # the table was printed and written, with the targets next to the measurements
     text = output.read_text()
-    for heading in ("(a) Acknowledgement", "(b) End to end", "(c) Burst", "minimal durable", "p99 <= 30 ms"):
+    for heading in (
+        "(a) Acknowledgement",
+        "(b) End to end",
+        "(c) Burst",
+        "(d) Client CPU",
+        "minimal durable",
+        "p99 <= 30 ms",
+    ):
         assert heading in text
     assert "| the app | PostgreSQL |" in "\n".join(lines)
     assert parse_parts("a,c") == ("a", "c")
+    assert parse_parts(None) == ("a", "b", "c", "d")
+
+
+def test_bench_profile_says_where_the_worker_cpu_goes(postgres_admin: str) -> None:
+    from plugin.benchmarks.cli import run
+
+    lines: list[str] = []
+    results = run(
+        quick=True, only="b", echo=lines.append, postgres_admin=postgres_admin, profile=True,
+        e2e_orders=10, e2e_latencies=(0.0,), e2e_workers=(1,),
+    )  # fmt: skip
+    (e2e,) = results.e2e
+    assert e2e.done == 10 and e2e.profile is not None and e2e.profile["seconds"] > 0
+    app_functions = [name for name, _ in e2e.profile["inclusive"] if name.startswith("plugin/")]
+    assert "plugin/worker.py:process" in app_functions
+    table = "\n".join(lines)
+    assert "Where the worker processes' CPU went" in table and "| `plugin/worker.py:process` |" in table

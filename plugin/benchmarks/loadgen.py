@@ -1,6 +1,6 @@
 """The load generator: N concurrent senders POSTing pre-built requests over keep-alive connections.
 
-Run as its own process (``python -m benchmarks.loadgen IN OUT``) so that its interpreter lock is
+Run as its own process (``python -m plugin.benchmarks.loadgen IN OUT``) so that its interpreter lock is
 not the app's or the fakes'. It forks ``processes`` children with ``senders / processes`` threads
 each; every thread holds one ``http.client`` keep-alive connection and takes the next request from
 a shared counter, so slow and fast senders share the work. Each request is recorded as
@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 
-def _sender(job: dict[str, Any], counter: Any, records: list, errors: list) -> None:
+def _sender(job: dict[str, Any], counter: Any, records: list[tuple[int, float, float, int]], errors: list[str]) -> None:
     conn: http.client.HTTPConnection | None = None
     requests = job["requests"]
     while True:
@@ -48,7 +48,8 @@ def _sender(job: dict[str, Any], counter: Any, records: list, errors: list) -> N
                     conn = None
                 break
             except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 conn = None
                 status = 0
                 if attempt == 2:
@@ -59,8 +60,8 @@ def _sender(job: dict[str, Any], counter: Any, records: list, errors: list) -> N
 
 
 def _child(job: dict[str, Any], counter: Any, threads: int, start_at: float, out: Any) -> None:
-    records: list = []
-    errors: list = []
+    records: list[tuple[int, float, float, int]] = []
+    errors: list[str] = []
     workers = [threading.Thread(target=_sender, args=(job, counter, records, errors)) for _ in range(threads)]
     delay = start_at - time.monotonic()
     if delay > 0:
@@ -84,8 +85,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     children = [ctx.Process(target=_child, args=(job, counter, n, start_at, out)) for n in per]
     for child in children:
         child.start()
-    records: list = []
-    errors: list = []
+    records: list[tuple[int, float, float, int]] = []
+    errors: list[str] = []
     cpu = 0.0
     for _ in children:
         r, e, c = out.get()

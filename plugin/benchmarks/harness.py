@@ -3,9 +3,9 @@
 Everything runs on this machine: gunicorn (gunicorn.conf.py, the same configuration for the app and
 the two reference apps), real ``klarna-om worker`` processes, PostgreSQL (a fresh database created
 and dropped here) or SQLite, the fake Saleor and fake Klarna of ``plugin/testing`` on loopback inside
-this process, and the load generator (``benchmarks/loadgen.py``) in a process of its own.
+this process, and the load generator (``plugin/benchmarks/loadgen.py``) in a process of its own.
 
-Parts: (a) acknowledgement, (b) end to end, (c) burst. See BENCHMARKS.md for the method.
+Parts: (a) acknowledgement, (b) end to end, (c) burst, (d) client CPU per call. See BENCHMARKS.md for the method.
 """
 
 from __future__ import annotations
@@ -37,15 +37,17 @@ from typing import Any
 import requests
 from sqlalchemy import text
 
-from benchmarks import procfs
-from benchmarks.reference_apps import WEBHOOK_PATH, create_schema
 from plugin.app import Services
+from plugin.benchmarks import clients, procfs, sampler
+from plugin.benchmarks.reference_apps import WEBHOOK_PATH, create_schema
 from plugin.db import Database
 from plugin.db.models import Delivery, Job, Note, Operation, ProcessException
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+# The folder that holds the ``plugin`` package: a source checkout, or site-packages of an install.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+GUNICORN_CONFIG = "python:plugin.gunicorn_conf"
 SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 POSTGRES_ADMIN = os.environ.get("KLARNA_OM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOTES_MARKER = "<!-- Notes below this line are kept when the bench rewrites this file. -->"
@@ -100,9 +102,11 @@ class Config:
     burst_workers: int = 2
     burst_latency: float = 0.0
     burst_wait: float = 240.0  # seconds to wait for every capture before projecting the rest
+    client_calls: int = 2000  # (d) calls through each client
     postgres_admin: str = POSTGRES_ADMIN
     output: Path | None = None
     keep_workdir: bool = False
+    profile: bool = False  # sample where the worker processes' CPU goes in (b)
 
     @classmethod
     def make(
@@ -117,7 +121,8 @@ class Config:
         cfg = cls(quick=quick, parts=tuple(parts), output=output)
         if quick:  # about a minute: fewer requests, orders and runs
             cfg.ack_warmup, cfg.ack_requests = 60, 300
-            cfg.e2e_orders = 30
+            cfg.e2e_orders = 100  # enough for the 300 ms run to show its rate, not just one wave of jobs
+            cfg.client_calls = 300
             cfg.e2e_workers = (1, 2)
             cfg.burst = 200
             cfg.burst_wait = 20.0
@@ -147,10 +152,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _fakes() -> tuple[Any, Any, Any]:
-    if not (ROOT / "plugin" / "testing" / "saleor.py").exists():
-        raise RuntimeError("the bench needs a source checkout (it uses plugin/testing)")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import plugin.testing.saleor as fake_saleor_module
     from plugin.testing.klarna import FakeKlarnaServer
 
@@ -177,7 +178,7 @@ class _MemoGraphQL:
             hit = self._validated.get(key)
         if hit is not None and hit[0] is document and not args and not kwargs:
             return hit[1]
-        errors = self._module.validate(schema, document, rules, *args, **kwargs)
+        errors: list[Any] = self._module.validate(schema, document, rules, *args, **kwargs)
         with self._lock:
             self._validated[key] = (document, errors)  # keeps the document alive: its id stays unique
         return errors
@@ -191,6 +192,7 @@ class Proc:
     role: str
     popen: subprocess.Popen[bytes]
     log: Path
+    profile: Path | None = None  # where the CPU sampler writes (--profile)
 
     @property
     def pid(self) -> int:
@@ -274,6 +276,7 @@ class E2ERow:
     latency_p50: float
     latency_p99: float
     timed_out: bool
+    profile: dict[str, Any] | None = None  # the workers' CPU by function (--profile)
 
 
 @dataclass
@@ -304,6 +307,7 @@ class Results:
     ack: list[AckRow] = field(default_factory=list)
     e2e: list[E2ERow] = field(default_factory=list)
     burst: BurstResult | None = None
+    client_rows: list[clients.ClientRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -352,7 +356,7 @@ class Bench:
                 return []
             return original(order, event, principal, **fields)  # type: ignore[no-any-return]
 
-        saleor._emit = emit  # type: ignore[method-assign]
+        saleor._emit = emit
         self._original_emit = original
 
     def make_orders(self, count: int) -> list[str]:
@@ -441,7 +445,7 @@ class Bench:
     def _env(self, database_url: str, port: int, **extra: str) -> dict[str, str]:
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p),
             "DATABASE_URL": database_url, "KLARNA_APP_SECRET_KEYS": SECRET,
             "KLARNA_APP_PUBLIC_URL": f"http://127.0.0.1:{port}", "KLARNA_APP_ENV": "production",
             "KLARNA_APP_INSTANCE_PATH": str(self.workdir), "KLARNA_BASE_URL": self.klarna_server.base_url,
@@ -465,7 +469,7 @@ class Bench:
         """gunicorn -c gunicorn.conf.py [spec]: the app (spec None) or a reference app."""
         port = free_port()
         env = self._env(database_url or self.sqlite_url, port, **extra)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *([spec] if spec else [])]
+        cmd = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *([spec] if spec else [])]
         proc = self._spawn(f"web-{name}", cmd, env)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
@@ -490,7 +494,7 @@ class Bench:
 
         def pool_max(**kwargs: int) -> int:
             engine = make_engine(database_url, **kwargs)
-            size = engine.pool.size() + max(0, int(getattr(engine.pool, "_max_overflow", 0)))  # type: ignore[attr-defined]
+            size: int = engine.pool.size() + max(0, int(getattr(engine.pool, "_max_overflow", 0)))  # type: ignore[attr-defined]
             engine.dispose()
             return size
 
@@ -516,7 +520,17 @@ class Bench:
             env["KLARNA_APP_WORKER_CONCURRENCY"] = str(sizing.concurrency)
             if sizing.pool_size is not None:
                 env["KLARNA_APP_DB_POOL_SIZE"] = str(sizing.pool_size)
-        procs = [self._spawn("worker", [*base, "worker"], env) for _ in range(count)]
+        procs = []
+        for _ in range(count):
+            if self.cfg.profile:
+                out = self.workdir / f"profile-{secrets.token_hex(4)}.json"
+                proc = self._spawn(
+                    "worker", [sys.executable, "-m", "plugin.benchmarks.sampler", str(out), "--", "worker"], env
+                )
+                proc.profile = out
+            else:
+                proc = self._spawn("worker", [*base, "worker"], env)
+            procs.append(proc)
         deadline = time.monotonic() + 60
         for proc in procs:
             while "started" not in proc.log.read_text():
@@ -586,10 +600,10 @@ class Bench:
             pickle.dump(job, fh)
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p),
         }
         popen = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.loadgen", str(source), str(target)], cwd=ROOT, env=env
+            [sys.executable, "-m", "plugin.benchmarks.loadgen", str(source), str(target)], cwd=self.workdir, env=env
         )
         return popen, target
 
@@ -627,11 +641,11 @@ class Bench:
             kind, _, backend = server.partition("-")
             database = {"sqlite": "SQLite", "postgres": "PostgreSQL", "": "-"}[backend]
             if kind == "bare":
-                proc, port = self.start_web(server, None, "benchmarks.reference_apps:bare()")
+                proc, port = self.start_web(server, None, "plugin.benchmarks.reference_apps:bare()")
             elif kind == "durable":
                 url = self.postgres() if backend == "postgres" else f"sqlite:///{self.workdir / 'durable.sqlite3'}"
                 create_schema(url)
-                proc, port = self.start_web(server, url, "benchmarks.reference_apps:durable()",
+                proc, port = self.start_web(server, url, "plugin.benchmarks.reference_apps:durable()",
                                             BENCH_DATABASE_URL=url, BENCH_JWKS_FILE=str(jwks_file))  # fmt: skip
             else:
                 url = self.postgres() if backend == "postgres" else self.sqlite()
@@ -691,6 +705,9 @@ class Bench:
         procs = self.start_workers(workers, url, sizing)
         try:
             pids = {"web": web.pid, **{f"worker{i}": p.pid for i, p in enumerate(procs)}}
+            for proc in procs:
+                if proc.profile is not None:
+                    proc.popen.send_signal(signal.SIGUSR1)  # the profile starts now, without start-up
             before = self.snapshot(pids)
             popen, target = self.launch_load(port, items)
             timeout = 30 + count * (0.6 if latency else 0.2)
@@ -709,6 +726,7 @@ class Bench:
         acked = {items_index: end for items_index, _, end, status in load.records if status == 200}
         per_order = [self.note_times[o] - acked[i] for i, o in enumerate(orders) if o in self.note_times and i in acked]
         n = max(len(done), 1)
+        reports = [json.loads(p.profile.read_text()) for p in procs if p.profile is not None and p.profile.exists()]
         row = E2ERow(
             latency=latency, workers=workers, sizing=sizing, orders=count, done=len(done),
             captured=self.klarna.counts()["captures"] - captures_before, seconds=seconds,
@@ -718,6 +736,7 @@ class Bench:
             others_cores=self._others(before, after, worker_cpu + web_cpu + bench_cpu + pg_cpu + load.cpu),
             busy_cores=self._busy(before, after),
             latency_p50=percentile(per_order, 50), latency_p99=percentile(per_order, 99), timed_out=timed_out,
+            profile=sampler.merge(reports) if reports else None,
         )  # fmt: skip
         self.echo(f"    {row.rate:6.1f} orders/s  worker cpu {row.worker_cpu_ms:5.2f} ms/order  done {row.done}/{count}"
                   f"  captured {row.captured}{'  TIMED OUT' if timed_out else ''}")  # fmt: skip
@@ -817,6 +836,15 @@ class Bench:
             return float("nan")
         return (now - start) * count / captured
 
+    # -- (d) client CPU per call ---------------------------------------------------------------
+
+    def part_d(self, results: Results) -> None:
+        calls = self.cfg.client_calls
+        self.echo(f"(d) client CPU: {calls} calls through each client ...")
+        results.client_rows = clients.measure(calls=calls, warmup=max(20, calls // 20))
+        for row in results.client_rows:
+            self.echo(f"    {row.name:38s} {row.cpu_us:7.0f} µs CPU per call")
+
     # -- measurement --------------------------------------------------------------------------
 
     def snapshot(self, pids: dict[str, int]) -> CpuSnapshot:
@@ -845,8 +873,8 @@ class Bench:
         results.started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         results.machine = machine_info(self.cfg)
         started = time.monotonic()
-        steps = {"a": self.part_a, "b": self.part_b, "c": self.part_c}
-        for part in ("a", "b", "c"):
+        steps = {"a": self.part_a, "b": self.part_b, "c": self.part_c, "d": self.part_d}
+        for part in ("a", "b", "c", "d"):
             if part in self.cfg.parts:
                 steps[part](results)
         results.seconds = time.monotonic() - started
@@ -875,10 +903,10 @@ class Bench:
 def code_version() -> str:
     """The commit measured, and whether the app's files differ from it (others may be editing)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_PARENT, capture_output=True, text=True,
                                 timeout=10).stdout.strip()  # fmt: skip
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "plugin", "webhooks", "dashboard_ext", "migrations",
-                                "gunicorn.conf.py"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+                                "gunicorn.conf.py"], cwd=PACKAGE_PARENT, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit or "unknown") + (" with uncommitted changes" if dirty else "")
@@ -962,28 +990,28 @@ def render(results: Results) -> str:
         add("| Klarna latency | workers x (jobs at once, database connections) | orders/s | vs 1 worker | worker CPU ms/order "
             "| + web CPU ms/order | webhook->note p50 / p99 s | target |")  # fmt: skip
         add("|---:|---:|---:|---:|---:|---:|---:|---|")
-        for row in results.e2e:
-            one = next((r for r in results.e2e if r.latency == row.latency and r.workers == 1), None)
-            scale = f"{row.rate / one.rate:.2f}x" if one and one.rate and row.workers != 1 else ""
-            app_cpu = row.worker_cpu_ms + row.web_cpu_ms
+        for erow in results.e2e:
+            one = next((r for r in results.e2e if r.latency == erow.latency and r.workers == 1), None)
+            scale = f"{erow.rate / one.rate:.2f}x" if one and one.rate and erow.workers != 1 else ""
+            app_cpu = erow.worker_cpu_ms + erow.web_cpu_ms
             targets = [
                 f"app CPU (worker + web) <= {TARGET_CPU_MS_PER_ORDER:.0f} ms: {_verdict(app_cpu <= TARGET_CPU_MS_PER_ORDER)}"
             ]
-            if row.latency >= 0.3:
+            if erow.latency >= 0.3:
                 targets.append(
-                    f">= {TARGET_ORDERS_PER_S_AT_300MS:.0f}/s: {_verdict(row.rate >= TARGET_ORDERS_PER_S_AT_300MS)}"
+                    f">= {TARGET_ORDERS_PER_S_AT_300MS:.0f}/s: {_verdict(erow.rate >= TARGET_ORDERS_PER_S_AT_300MS)}"
                 )
-            if row.workers == 2 and one and one.rate:
+            if erow.workers == 2 and one and one.rate:
                 targets.append(
-                    f"2 vs 1 >= {TARGET_SCALING_2V1}x: {_verdict(row.rate / one.rate >= TARGET_SCALING_2V1)}"
+                    f"2 vs 1 >= {TARGET_SCALING_2V1}x: {_verdict(erow.rate / one.rate >= TARGET_SCALING_2V1)}"
                 )
             incomplete = (
-                f" ({row.done}/{row.orders} done{', timed out' if row.timed_out else ''})"
-                if row.done < row.orders
+                f" ({erow.done}/{erow.orders} done{', timed out' if erow.timed_out else ''})"
+                if erow.done < erow.orders
                 else ""
             )
-            add(f"| {row.latency * 1000:.0f} ms | {row.workers} x ({row.sizing}) | {_fmt(row.rate)}{incomplete} | {scale} | "
-                f"{_fmt(row.worker_cpu_ms, 2)} | {_fmt(row.web_cpu_ms, 2)} | {_fmt(row.latency_p50, 2)} / {_fmt(row.latency_p99, 2)} | "
+            add(f"| {erow.latency * 1000:.0f} ms | {erow.workers} x ({erow.sizing}) | {_fmt(erow.rate)}{incomplete} | {scale} | "
+                f"{_fmt(erow.worker_cpu_ms, 2)} | {_fmt(erow.web_cpu_ms, 2)} | {_fmt(erow.latency_p50, 2)} / {_fmt(erow.latency_p99, 2)} | "
                 f"{'; '.join(targets)} |")  # fmt: skip
         add("")
         add("Where the CPU went per order during (b) (ms of CPU per completed order):")
@@ -991,10 +1019,20 @@ def render(results: Results) -> str:
         add("| Klarna latency | workers | app workers | app web | bench process (fake Saleor, fake Klarna) | PostgreSQL backends | "
             f"machine busy (cores of {results.machine.get('cores', '?')}) | of which outside the bench |")  # fmt: skip
         add("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for row in results.e2e:
-            add(f"| {row.latency * 1000:.0f} ms | {row.workers} | {_fmt(row.worker_cpu_ms, 2)} | {_fmt(row.web_cpu_ms, 2)} | "
-                f"{_fmt(row.bench_cpu_ms, 2)} | {_fmt(row.postgres_cpu_ms, 2)} | {_fmt(row.busy_cores, 2)} | "
-                f"{_fmt(row.others_cores, 2)} |")  # fmt: skip
+        for erow in results.e2e:
+            add(f"| {erow.latency * 1000:.0f} ms | {erow.workers} | {_fmt(erow.worker_cpu_ms, 2)} | {_fmt(erow.web_cpu_ms, 2)} | "
+                f"{_fmt(erow.bench_cpu_ms, 2)} | {_fmt(erow.postgres_cpu_ms, 2)} | {_fmt(erow.busy_cores, 2)} | "
+                f"{_fmt(erow.others_cores, 2)} |")  # fmt: skip
+        add("")
+    profiled: dict[float, tuple[E2ERow, dict[str, Any]]] = {}
+    for erow in results.e2e:
+        if erow.profile is not None:
+            profiled.setdefault(erow.latency, (erow, erow.profile))
+    for erow, profile in profiled.values():
+        add(f"Where the worker processes' CPU went, Klarna {erow.latency * 1000:.0f} ms, {erow.workers} worker(s) "
+            f"(sampled by thread CPU time, `--profile`; {profile['seconds']:.1f} s of CPU sampled over {erow.done} orders):")  # fmt: skip
+        add("")
+        out.extend(sampler.render(profile, per=max(erow.done, 1)))
         add("")
     if results.burst:
         b = results.burst
@@ -1028,6 +1066,12 @@ def render(results: Results) -> str:
         add("")
         add("Per process: " + ", ".join(f"{role} {kb / 1024:.0f} MB" for role, _, kb in b.peaks) + ".")
         add("")
+    if results.client_rows:
+        add(f"### (d) Client CPU per call: {results.client_rows[0].calls} calls each against one keep-alive loopback server "
+            "(CPU of the calling thread)")  # fmt: skip
+        add("")
+        out.extend(clients.render(results.client_rows))
+        add("")
     for note in results.notes:
         add(f"- {note}")
     if results.notes:
@@ -1038,14 +1082,15 @@ def render(results: Results) -> str:
 METHOD = """\
 ## Method
 
-`klarna-om bench` (see `benchmarks/` and `plugin/bench.py`) runs every comparison side by side in one
-run on one machine. `klarna-om bench --quick` is a short run (under a minute), `--only a,c` runs some
-parts, `--output FILE` writes elsewhere. Nothing is asserted; the targets are printed next to the
-measurements.
+`klarna-om bench` (see `plugin/benchmarks/`; it ships with the package, so an installed copy runs it
+too) runs every comparison side by side in one run on one machine. `klarna-om bench --quick` is a
+short run that prints its table and writes no file; `--only a,c` runs some parts; a full run writes
+BENCHMARKS.md (the checkout's, else the current folder's), `--output FILE` writes elsewhere. Nothing is
+asserted; the targets are printed next to the measurements.
 
-* **Servers.** The app runs under `gunicorn -c gunicorn.conf.py` (gthread, `WEB_CONCURRENCY` processes
+* **Servers.** The app runs under `gunicorn -c python:plugin.gunicorn_conf` (= `gunicorn.conf.py`; gthread, `WEB_CONCURRENCY` processes
   x 8 threads), as in production. The two references run under the same configuration with their app
-  spec on the command line (`benchmarks/reference_apps.py`): a bare Flask endpoint that answers 200,
+  spec on the command line (`plugin/benchmarks/reference_apps.py`): a bare Flask endpoint that answers 200,
   and a minimal durable endpoint that verifies the detached JWS with `plugin.saleor.jws.verify_detached`
   against the JWKS and makes one INSERT through a pooled SQLAlchemy engine (`plugin.db.make_engine`).
   SQLite is a fresh file; PostgreSQL is a fresh database created and dropped by the bench.
@@ -1053,7 +1098,7 @@ measurements.
   the app's subscription query on a shipped order; every other delivery is that body with another
   order id, signed with `FakeSaleor.sign` (distinct bodies for distinct orders, so the app records a
   delivery and enqueues a real job per webhook). No in-process worker runs in (a).
-* **Load generator.** `benchmarks/loadgen.py`, a process of its own (forked into 2 processes x 8
+* **Load generator.** `plugin/benchmarks/loadgen.py`, a process of its own (forked into 2 processes x 8
   threads = 16 senders), each sender a keep-alive `http.client` connection taking the next request
   from a shared counter. Latency is from sending the request to reading the whole answer. The
   senders send as fast as answers come back (a closed loop), so at saturation p50 is about
@@ -1072,12 +1117,17 @@ measurements.
   setting, lowers the concurrency. The table shows what each run got. Without such a limit, 4
   workers at 64 jobs and the web exhaust `max_connections` ("too many clients already"), jobs fail
   and back off, and throughput collapses.
-  The app's Klarna rate limiter (`KLARNA_APP_KLARNA_RATE_PER_SECOND`, default 25 requests/s,
+  The app's Klarna rate limit (`KLARNA_APP_KLARNA_RATE_PER_SECOND`, default 25 requests/s,
   which respects Klarna's per-merchant limit) is raised for the bench; with the default, one
-  merchant's throughput is capped near 12 orders/s per worker process (a GET and a capture per
-  order). The limiter lives in each process, so N worker processes allow N x 25 requests/s.
+  merchant's throughput is capped near 12 orders/s (a GET and a capture per order) however many
+  worker processes run: the bucket is a row per merchant in the database, shared by all of them.
 * **Burst (c).** All webhooks as fast as the senders can, with workers running; peak memory is VmHWM
   from `/proc/<pid>/status`, sampled every 0.25 s for every web and worker process.
+* **Client CPU (d).** `plugin/benchmarks/clients.py`: the same GET (Klarna's order) and GraphQL POST
+  (Saleor's `orderNoteAdd`) through a bare `http.client` connection, a bare `requests.Session`, the
+  app's Klarna client and the app's Saleor client, against one keep-alive loopback server in the
+  bench process; the figure is the calling thread's CPU (`time.thread_time`) per call, so the
+  server's share is not counted.
 * **The fakes compete for the same cores.** The fake Saleor and fake Klarna run inside the bench process
   (one interpreter lock for both), and the load generator on the same cores as the app. Their CPU is
   shown per order in (b); on a machine this small they take a large share, so end-to-end figures

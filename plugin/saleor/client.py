@@ -17,6 +17,7 @@ from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
 from graphql import DocumentNode, parse
 
+from plugin import http
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
 from plugin.domain.money import tax_rate_basis_points, to_minor
 
@@ -89,45 +90,71 @@ class SaleorError(Exception):
     """Saleor could not be reached or refused the call."""
 
 
+class TokenRefused(SaleorError):
+    """Saleor answered, and does not know the token (revoked, or never issued)."""
+
+
+# Saleor's JWKS is one or two RSA keys (~1 kB): anything past this is not a Saleor.
+JWKS_MAX_BYTES = 64 * 1024
+_DEFAULT_SESSION = http.bounded_session(http.Bounds())
+
+
 def jwks_url(saleor_api_url: str) -> str:
     parts = urlsplit(saleor_api_url)
     return f"{parts.scheme}://{parts.netloc}/.well-known/jwks.json"
 
 
-def fetch_jwks(saleor_api_url: str, *, timeout: float = 10.0) -> str:
-    """GET the JWKS from the Saleor's origin; the raw text, as app-sdk stores it."""
+def fetch_jwks(saleor_api_url: str, *, timeout: float = 10.0, session: requests.Session | None = None) -> str:
+    """GET the JWKS from the Saleor's origin; the raw text, as app-sdk stores it (at most 64 kB)."""
+    session = session or _DEFAULT_SESSION
     try:
-        response = requests.get(jwks_url(saleor_api_url), timeout=timeout, allow_redirects=False)
+        response = session.get(jwks_url(saleor_api_url), timeout=timeout, allow_redirects=False)
     except requests.RequestException as exc:
         raise SaleorError(f"JWKS not reachable: {exc.__class__.__name__}") from None
     if response.status_code != 200:
         raise SaleorError(f"JWKS answered {response.status_code}")
+    if len(response.content) > JWKS_MAX_BYTES:
+        raise SaleorError(f"JWKS larger than {JWKS_MAX_BYTES} bytes")
     return response.text
 
 
-def fetch_app_id(saleor_api_url: str, token: str, *, timeout: float = 10.0) -> str:
-    """Prove ``token`` by asking Saleor which app it belongs to (app-sdk's ``getAppId``)."""
+def fetch_app_id(
+    saleor_api_url: str, token: str, *, timeout: float = 10.0, session: requests.Session | None = None
+) -> str:
+    """Prove ``token`` by asking Saleor which app it belongs to (app-sdk's ``getAppId``).
+
+    Raises :class:`TokenRefused` when Saleor answers but does not know the token, else
+    :class:`SaleorError` when it cannot be asked.
+    """
+    session = session or _DEFAULT_SESSION
     try:
-        response = requests.post(
+        response = session.post(
             saleor_api_url,
             json={"query": APP_ID},
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
             allow_redirects=False,
         )
+        if response.status_code in (401, 403):
+            raise TokenRefused("Saleor does not know this token")
         app = response.json()["data"]["app"] if response.status_code == 200 else None
     except (requests.RequestException, ValueError, KeyError, TypeError):
         raise SaleorError("Saleor did not answer the app query") from None
-    if not app or not app.get("id"):
-        raise SaleorError("Saleor does not know this token")
+    if response.status_code != 200:
+        raise SaleorError(f"Saleor answered the app query with {response.status_code}")
+    if not isinstance(app, dict) or not app.get("id"):
+        raise TokenRefused("Saleor does not know this token")
     return str(app["id"])
 
 
 class SaleorClient:
     """GraphQL calls for one installation, with its app token."""
 
-    def __init__(self, saleor_api_url: str, token: str, *, timeout: int = 20) -> None:
+    def __init__(
+        self, saleor_api_url: str, token: str, *, timeout: int = 20, bounds: http.Bounds | None = None
+    ) -> None:
         self.saleor_api_url = saleor_api_url
+        self._bounds = bounds or http.Bounds()
         transport = RequestsHTTPTransport(
             url=saleor_api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, retries=0
         )
@@ -140,6 +167,7 @@ class SaleorClient:
         with self._lock:
             if self._session is None:
                 self._session = self._client.connect_sync()
+                http.harden(self._client.transport.session, self._bounds)  # type: ignore[attr-defined]
             try:
                 request = _Request(document, variables)
                 return self._session.execute(request)  # type: ignore[no-any-return]

@@ -448,6 +448,9 @@ class Bench:
             "KLARNA_APP_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(self.cfg.web_concurrency),
             "KLARNA_APP_WORKER_CONCURRENCY": str(self.cfg.worker_concurrency),
             "KLARNA_APP_KLARNA_RATE_PER_SECOND": str(self.cfg.klarna_rate),
+            # production refuses loopback Saleors unless they are on the allowlist (plugin/http.py)
+            "KLARNA_APP_ALLOWED_SALEOR_URLS": r"re:http://127\.0\.0\.1(:[0-9]+)?/.*",
+            "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",
             **extra,
         }  # fmt: skip
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -557,7 +560,8 @@ class Bench:
             if response.status_code != 200:
                 raise RuntimeError(f"register failed: {response.status_code} {response.text}")
         settings = Settings(public_url=public, database_url=database_url, secret_keys=(SECRET,),
-                            instance_path=self.workdir, klarna_base_url=self.klarna_server.base_url).validated()  # fmt: skip
+                            instance_path=self.workdir, klarna_base_url=self.klarna_server.base_url,
+                            saleor_allow_loopback=True).validated()  # fmt: skip
         services = Services.build(settings)
         with services.db.transaction() as session:
             services.store.save(session, self.saleor.api_url,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from plugin import http
 from plugin.crypto import SecretBox
 from plugin.db import Database, NotMigratedError
 from plugin.klarna.client import KlarnaOrdersClient, RateLimiter, base_url
@@ -38,6 +41,7 @@ class Services:
     saleor_for: Callable[[str, str], Any] | None = None
     klarna_for: Callable[[MerchantSettings], Any] | None = None
     jwks_verifier: JwksVerifier | None = None  # shared by webhooks and the dashboard API
+    register_limiter: http.SlidingWindow | None = None
     _clients: dict[Any, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -50,6 +54,11 @@ class Services:
             box=box,
             store=SettingsStore(box),
         )
+        # Calls to a Saleor go through one bounded, address-filtered session (plugin/http.py).
+        saleor_session = http.bounded_session(settings.saleor_bounds)
+        services.fetch_jwks = functools.partial(saleor_client.fetch_jwks, session=saleor_session)
+        services.fetch_app_id = functools.partial(saleor_client.fetch_app_id, session=saleor_session)
+        services.register_limiter = http.SlidingWindow(settings.register_per_minute)
         services.saleor_for = services._saleor_client
         services.klarna_for = services._klarna_client
         services.jwks_verifier = JwksVerifier(services.db, lambda url: services.fetch_jwks(url))
@@ -59,7 +68,9 @@ class Services:
         key = ("saleor", threading.get_ident(), saleor_api_url, token)
         with self._lock:
             if key not in self._clients:
-                self._clients[key] = saleor_client.SaleorClient(saleor_api_url, token)
+                self._clients[key] = saleor_client.SaleorClient(
+                    saleor_api_url, token, bounds=self.settings.saleor_bounds
+                )
             return self._clients[key]
 
     def _klarna_client(self, merchant: MerchantSettings) -> KlarnaOrdersClient:
@@ -74,6 +85,7 @@ class Services:
                 self._clients[key] = KlarnaOrdersClient(
                     url, merchant.username, merchant.password or "", rate_limiter=limiter,
                     timeout=(3.05, self.settings.http_timeout),
+                    session=http.bounded_session(self.settings.klarna_bounds, pool_connections=4, pool_maxsize=64),
                 )  # fmt: skip
             return self._clients[key]
 
@@ -138,6 +150,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @app.get("/metrics")
     def metrics():  # type: ignore[no-untyped-def]
+        # With KLARNA_APP_METRICS_TOKEN set, only for ``Authorization: Bearer <token>``.
+        expected = settings.metrics_token
+        if expected:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return jsonify(error={"type": "UNAUTHORIZED", "message": "metrics need the metrics token"}), 401
         body, content_type = render_metrics(services.db)
         return app.response_class(body, content_type=content_type)
 

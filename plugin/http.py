@@ -42,6 +42,7 @@ __all__ = [
     "Bounds",
     "DeadlineExceeded",
     "ResponseTooLarge",
+    "SlidingWindow",
     "address_allowed",
     "bounded_session",
 ]
@@ -329,9 +330,9 @@ def _read_capped(response: requests.Response, cap: int) -> bytes:
     return b"".join(parts)
 
 
-def bounded_session(bounds: Bounds) -> requests.Session:
+def bounded_session(bounds: Bounds, **adapter_kwargs: Any) -> requests.Session:
     """A new session that sends everything through :class:`BoundedAdapter` (see :func:`harden`)."""
-    return harden(requests.Session(), bounds)
+    return harden(requests.Session(), bounds, **adapter_kwargs)
 
 
 def harden(session: requests.Session, bounds: Bounds, **adapter_kwargs: Any) -> requests.Session:
@@ -345,3 +346,27 @@ def harden(session: requests.Session, bounds: Bounds, **adapter_kwargs: Any) -> 
     if bounds.filter_addresses:
         session.trust_env = False
     return session
+
+
+class SlidingWindow:
+    """At most ``limit`` events per ``window`` seconds per key (in-process; a bound, not a quota)."""
+
+    def __init__(self, limit: int, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._events: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            if len(self._events) > 10_000:  # forget idle keys so the table stays small
+                self._events = {k: v for k, v in self._events.items() if v and v[-1] > now - self.window}
+            recent = [t for t in self._events.get(key, ()) if t > now - self.window]
+            if len(recent) >= self.limit:
+                self._events[key] = recent
+                return False
+            recent.append(now)
+            self._events[key] = recent
+            return True

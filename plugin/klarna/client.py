@@ -21,10 +21,10 @@ from typing import Any, Final, TypeAlias
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from plugin.http import BoundedAdapter, Bounds
 from plugin.klarna.errors import KlarnaTransportError, error_from_response
 from plugin.metrics import KLARNA_CALLS, KLARNA_LATENCY
 
@@ -387,7 +387,7 @@ class KlarnaOrdersClient:
 def _new_session() -> requests.Session:
     session = requests.Session()
     # max_retries=0: urllib3 must not retry on its own; the worker decides (STYLE H8).
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+    adapter = BoundedAdapter(Bounds(), pool_connections=4, pool_maxsize=64, max_retries=0)  # plugin/http.py
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

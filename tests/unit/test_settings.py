@@ -29,7 +29,18 @@ def test_embedded_default_generates_one_secret_and_keeps_it(tmp_path: Path) -> N
         pytest.param({"KLARNA_APP_PUBLIC_URL": "ftp://x"}, "PUBLIC_URL", id="bad-public-url"),
         pytest.param({"KLARNA_APP_SECRET_KEYS": "short"}, "at least 32", id="short-secret"),
         pytest.param({"KLARNA_APP_LOG_LEVEL": "LOUD"}, "LOG_LEVEL", id="bad-log-level"),
-        pytest.param({"KLARNA_APP_ALLOWED_SALEOR_URLS": "re:("}, "bad pattern", id="bad-pattern"),
+        pytest.param({"KLARNA_APP_ALLOWED_SALEOR_URLS": "re:("}, "bad entry", id="bad-pattern"),
+        pytest.param({"KLARNA_APP_ALLOWED_SALEOR_URLS": "re:https://(/x"}, "bad regular", id="bad-regex"),
+        pytest.param(
+            {"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x", "KLARNA_APP_SECRET_KEYS": "k" * 32,
+             "KLARNA_APP_SALEOR_IP_FILTER": "0"}, "ALLOWED_SALEOR_URLS", id="production-unfiltered-needs-allowlist",
+        ),  # fmt: skip
+        pytest.param(
+            {"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x", "KLARNA_APP_SECRET_KEYS": "k" * 32,
+             "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1"}, "local development", id="production-loopback-needs-allowlist",
+        ),  # fmt: skip
+        pytest.param({"KLARNA_APP_SALEOR_IP_FILTER": "maybe"}, "1 or 0", id="bad-bool"),
+        pytest.param({"KLARNA_APP_METRICS_TOKEN": "short"}, "16 characters", id="short-metrics-token"),
         pytest.param({"KLARNA_APP_MAX_BODY_BYTES": "lots"}, "integer", id="bad-int"),
     ],
 )
@@ -44,7 +55,22 @@ def test_invalid_environment_is_a_clear_start_up_error(tmp_path: Path, env: dict
     [
         pytest.param("", "https://any.example/graphql/", True, id="empty-allows-any"),
         pytest.param("https://shop.example/graphql/", "https://shop.example/graphql/", True, id="exact"),
-        pytest.param("https://shop.example/graphql/", "https://shop.example/graphql", False, id="exact-is-exact"),
+        pytest.param("https://shop.example/graphql/", "https://shop.example/graphql", True, id="trailing-slash"),
+        pytest.param("https://shop.example/graphql", "https://SHOP.Example/graphql/", True, id="host-case"),
+        pytest.param("https://shop.example/graphql/", "https://shop.example:443/graphql/", True, id="default-port"),
+        pytest.param("https://shop.example/graphql/", "https://shop.example:8443/graphql/", False, id="other-port"),
+        pytest.param("https://shop.example/graphql/", "http://shop.example/graphql/", False, id="other-scheme"),
+        pytest.param("https://shop.example/graphql/", "https://shop.example/graphql/x", False, id="other-path"),
+        pytest.param("https://shop.example/graphql/", "https://u:p@shop.example/graphql/", True, id="userinfo-ignored"),
+        pytest.param(
+            r"re:https://.*\.example\.com/graphql/", "https://evil.com/.example.com/graphql/", False,
+            id="pattern-host-cannot-swallow-the-path",
+        ),  # fmt: skip
+        pytest.param(
+            r"re:https://.*\.example\.com/graphql/", "https://x.example.com@evil.com/graphql/", False,
+            id="pattern-userinfo-is-not-the-host",
+        ),  # fmt: skip
+        pytest.param(r"re:https://.*\.example\.com/graphql/", "https://A.Example.COM/graphql", True, id="pattern-case"),
         pytest.param(
             r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/",
             "https://my-shop.saleor.cloud/graphql/",

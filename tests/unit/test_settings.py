@@ -32,13 +32,25 @@ def test_embedded_default_generates_one_secret_and_keeps_it(tmp_path: Path) -> N
         pytest.param({"KLARNA_APP_ALLOWED_SALEOR_URLS": "re:("}, "bad entry", id="bad-pattern"),
         pytest.param({"KLARNA_APP_ALLOWED_SALEOR_URLS": "re:https://(/x"}, "bad regular", id="bad-regex"),
         pytest.param(
-            {"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x", "KLARNA_APP_SECRET_KEYS": "k" * 32,
-             "KLARNA_APP_SALEOR_IP_FILTER": "0"}, "ALLOWED_SALEOR_URLS", id="production-unfiltered-needs-allowlist",
-        ),  # fmt: skip
+            {
+                "KLARNA_APP_ENV": "production",
+                "DATABASE_URL": "sqlite:///x",
+                "KLARNA_APP_SECRET_KEYS": "k" * 32,
+                "KLARNA_APP_SALEOR_IP_FILTER": "0",
+            },
+            "ALLOWED_SALEOR_URLS",
+            id="production-unfiltered-needs-allowlist",
+        ),
         pytest.param(
-            {"KLARNA_APP_ENV": "production", "DATABASE_URL": "sqlite:///x", "KLARNA_APP_SECRET_KEYS": "k" * 32,
-             "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1"}, "local development", id="production-loopback-needs-allowlist",
-        ),  # fmt: skip
+            {
+                "KLARNA_APP_ENV": "production",
+                "DATABASE_URL": "sqlite:///x",
+                "KLARNA_APP_SECRET_KEYS": "k" * 32,
+                "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",
+            },
+            "local development",
+            id="production-loopback-needs-allowlist",
+        ),
         pytest.param({"KLARNA_APP_SALEOR_IP_FILTER": "maybe"}, "1 or 0", id="bad-bool"),
         pytest.param({"KLARNA_APP_METRICS_TOKEN": "short"}, "16 characters", id="short-metrics-token"),
         pytest.param({"KLARNA_APP_MAX_BODY_BYTES": "lots"}, "integer", id="bad-int"),
@@ -63,13 +75,17 @@ def test_invalid_environment_is_a_clear_start_up_error(tmp_path: Path, env: dict
         pytest.param("https://shop.example/graphql/", "https://shop.example/graphql/x", False, id="other-path"),
         pytest.param("https://shop.example/graphql/", "https://u:p@shop.example/graphql/", True, id="userinfo-ignored"),
         pytest.param(
-            r"re:https://.*\.example\.com/graphql/", "https://evil.com/.example.com/graphql/", False,
+            r"re:https://.*\.example\.com/graphql/",
+            "https://evil.com/.example.com/graphql/",
+            False,
             id="pattern-host-cannot-swallow-the-path",
-        ),  # fmt: skip
+        ),
         pytest.param(
-            r"re:https://.*\.example\.com/graphql/", "https://x.example.com@evil.com/graphql/", False,
+            r"re:https://.*\.example\.com/graphql/",
+            "https://x.example.com@evil.com/graphql/",
+            False,
             id="pattern-userinfo-is-not-the-host",
-        ),  # fmt: skip
+        ),
         pytest.param(r"re:https://.*\.example\.com/graphql/", "https://A.Example.COM/graphql", True, id="pattern-case"),
         pytest.param(
             r"re:https://[a-z0-9-]+\.saleor\.cloud/graphql/",

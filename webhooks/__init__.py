@@ -6,13 +6,15 @@ webhooks answer ``{"error": {"type", "message"}}``. 4xx means "never send this a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, select
 
 from plugin.db.models import Delivery, utcnow
 from plugin.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
@@ -215,6 +217,17 @@ def _verified(expected_events: tuple[str, ...]):  # type: ignore[no-untyped-def]
     return (installation, raw, event.upper()), None
 
 
+_SEEN = (
+    select(Delivery.id)
+    .where(Delivery.digest == bindparam("digest"), Delivery.received_at >= bindparam("since"))
+    .limit(1)
+)
+
+
+def delivery_digest(saleor_api_url: str, event: str, raw: bytes) -> str:
+    return hashlib.sha256(b"\0".join((saleor_api_url.encode(), event.encode(), raw))).hexdigest()
+
+
 @bp.post(ORDER_EVENTS_PATH)
 def order_events():  # type: ignore[no-untyped-def]
     """Verify, record the delivery and enqueue the order's sync in one transaction, answer 200."""
@@ -231,10 +244,18 @@ def order_events():  # type: ignore[no-untyped-def]
     # The app's own notes and metadata come back as events: nothing to sync for those.
     own = parsed.principal_id == installation.app_id
     services = _services()
+    digest = delivery_digest(installation.saleor_api_url, event, raw)
+    now = utcnow()
     with services.db.engine.begin() as conn:
+        # A replay of a signed delivery (same bytes) within the window is answered, not recorded:
+        # Saleor's payloads carry issuedAt, so two real events never share a digest.
+        since = now - timedelta(seconds=services.settings.delivery_dedupe_seconds)
+        if conn.execute(_SEEN, {"digest": digest, "since": since}).first() is not None:
+            WEBHOOKS_REJECTED.labels("DUPLICATE").inc()
+            return jsonify(ok=True, enqueued=False, duplicate=True)
         conn.execute(insert(Delivery), {
             "saleor_api_url": installation.saleor_api_url, "event": event, "order_id": parsed.order_id,
-            "principal": parsed.principal_id, "enqueued": not own, "received_at": utcnow(),
+            "principal": parsed.principal_id, "enqueued": not own, "received_at": now, "digest": digest,
         })  # fmt: skip
         if not own:
             queue.enqueue(conn, installation.saleor_api_url, parsed.order_id)

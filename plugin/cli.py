@@ -93,8 +93,9 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
     worker = None
     if with_worker if with_worker is not None else settings.worker_in_process:
         worker = Worker(
-            services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds
-        )
+            services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds,
+            retention_days=settings.retention_days,
+        )  # fmt: skip
         app.extensions["klarna_om_worker"] = worker
         worker.start_thread()
     server = make_server(host, port, app, threaded=True)
@@ -126,6 +127,7 @@ def worker(concurrency: int | None) -> None:
         services.sync_deps(),
         concurrency=concurrency or services.settings.worker_concurrency,
         retry_base=services.settings.retry_base_seconds,
+        retention_days=services.settings.retention_days,
     )
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())

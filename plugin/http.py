@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -259,16 +259,16 @@ class BoundedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.bounds)  # type: ignore[assignment]
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.bounds)
 
-    def send(  # type: ignore[override]
+    def send(
         self,
         request: requests.PreparedRequest,
         stream: bool = False,
         timeout: Any = None,
         verify: bool | str = True,
         cert: Any = None,
-        proxies: Mapping[str, str] | None = None,
+        proxies: dict[str, str] | None = None,
     ) -> requests.Response:
         request.headers["Accept-Encoding"] = "gzip, deflate"
         with _exchange(self.bounds.deadline) as call:
@@ -297,7 +297,7 @@ class BoundedAdapter(HTTPAdapter):
                 raise DeadlineExceeded(f"no answer within {self.bounds.deadline:g} s", request=request)
             call.finish()
         response._content = body
-        response._content_consumed = True  # type: ignore[attr-defined]
+        response._content_consumed = True
         response.raw.release_conn()
         return response
 

@@ -147,6 +147,22 @@ def fetch_app_id(
     return str(app["id"])
 
 
+class _NoPayloads(logging.Filter):
+    """gql logs every request and answer body at DEBUG (``>>>`` / ``<<<``): order metadata, notes,
+    addresses. No level of this app's logging may show personal data, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith((">>>", "<<<", "operations", "file_map")))
+
+
+_GQL_LOGGER = logging.getLogger("gql.transport.requests")
+
+
+def _silence_payload_logs() -> None:
+    if not any(isinstance(f, _NoPayloads) for f in _GQL_LOGGER.filters):
+        _GQL_LOGGER.addFilter(_NoPayloads())
+
+
 class SaleorClient:
     """GraphQL calls for one installation, with its app token."""
 
@@ -155,6 +171,7 @@ class SaleorClient:
     ) -> None:
         self.saleor_api_url = saleor_api_url
         self._bounds = bounds or http.Bounds()
+        _silence_payload_logs()
         transport = RequestsHTTPTransport(
             url=saleor_api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, retries=0
         )
@@ -167,7 +184,7 @@ class SaleorClient:
         with self._lock:
             if self._session is None:
                 self._session = self._client.connect_sync()
-                http.harden(self._client.transport.session, self._bounds)  # type: ignore[attr-defined]
+                http.harden(self._client.transport.session, self._bounds)  # type: ignore[union-attr]  # gql: a requests transport
             try:
                 request = _Request(document, variables)
                 return self._session.execute(request)  # type: ignore[no-any-return]

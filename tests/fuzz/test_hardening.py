@@ -90,8 +90,8 @@ def test_another_apps_token_cannot_replace_the_installation(world: World) -> Non
                 "saleor-api-url": saleor.api_url}  # fmt: skip
     assert client.get(f"{API}/settings", headers=stranger).status_code in (401, 403)
     # and Saleor's genuine webhooks are still accepted
-    order_id, _ = world.shop.order()
-    assert all(_post(client, d).status_code == 200 for d in saleor.outbox)
+    world.shop.order()
+    assert saleor.outbox and all(_post(client, d).status_code == 200 for d in saleor.outbox)
 
 
 @BOTH
@@ -226,7 +226,6 @@ def test_installations_per_host_are_bounded(settings: Settings) -> None:
             for path in ("a", "b"):
                 session.add(Installation(saleor_api_url=f"http://127.0.0.1:{saleor.port}/{path}/graphql/",
                                          app_id="QXBwOjk=", token_encrypted="x", jwks="{}"))  # fmt: skip
-        response = _register(shop.app.test_client(), f"http://LOCALHOST:{saleor.port}/c/graphql/", "x" * 30)
         response = _register(shop.app.test_client(), f"http://127.0.0.1:{saleor.port}/c/graphql/", "x" * 30)
         assert response.status_code == 403 and error_type(response) == "TOO_MANY_INSTALLATIONS"
         assert saleor.graphql_requests == []
@@ -278,7 +277,7 @@ def test_forged_unknown_kids_cannot_hold_off_a_rotated_key(world: World) -> None
     saleor, client = world.shop.saleor, world.client
     # given Saleor rotated its key, and an attacker floods the app with signatures of unknown kids
     saleor.rotate_key()
-    order_id, _ = world.shop.order()
+    world.shop.order()
     genuine = list(saleor.outbox)
     saleor.outbox.clear()
     flood = [_post(client, genuine[0], signature=_forge(genuine[0].body)).status_code for _ in range(15)]

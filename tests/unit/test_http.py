@@ -117,38 +117,33 @@ LOOPBACK = Bounds(deadline=2.0, max_bytes=1024 * 1024, filter_addresses=True, al
 
 
 def test_a_huge_answer_is_cut_at_the_cap() -> None:
-    with raw_server(_huge) as (port, _):
-        with pytest.raises(ResponseTooLarge):
-            bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
+    with raw_server(_huge) as (port, _), pytest.raises(ResponseTooLarge):
+        bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
 def test_a_declared_huge_answer_is_refused_before_reading() -> None:
     def declared(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 400000000\r\nConnection: close\r\n\r\n" + b"x" * 1000)
 
-    with raw_server(declared) as (port, _):
-        with pytest.raises(ResponseTooLarge, match="400000000"):
-            bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
+    with raw_server(declared) as (port, _), pytest.raises(ResponseTooLarge, match="400000000"):
+        bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
 @pytest.mark.parametrize("handler", [_trickle_body, _trickle_headers], ids=["body", "headers"])
 def test_a_trickling_server_cannot_hold_a_call_past_the_deadline(handler: Handler) -> None:
     # each byte arrives well inside the 5 s read timeout: only the total deadline (2 s) can end it
-    with raw_server(handler) as (port, _):
-        with pytest.raises(DeadlineExceeded):
-            bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=(1, 5))
+    with raw_server(handler) as (port, _), pytest.raises(DeadlineExceeded):
+        bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=(1, 5))
 
 
 def test_an_inflation_bomb_is_cut_at_the_cap() -> None:
-    with raw_server(_bomb) as (port, _):
-        with pytest.raises(ResponseTooLarge, match="inflates"):
-            bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
+    with raw_server(_bomb) as (port, _), pytest.raises(ResponseTooLarge, match="inflates"):
+        bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
 def test_redirects_are_never_followed() -> None:
-    with raw_server(_redirect) as (port, _):
-        with pytest.raises(requests.TooManyRedirects):
-            bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
+    with raw_server(_redirect) as (port, _), pytest.raises(requests.TooManyRedirects):
+        bounded_session(LOOPBACK).get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
 def test_loopback_is_refused_at_connect_time_unless_allowed() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "SlidingWindow",
     "address_allowed",
     "bounded_session",
+    "refusal",
 ]
 
 _CHUNK = 64 * 1024
@@ -70,6 +71,21 @@ class ResponseTooLarge(requests.ConnectionError):
 
 class AddressRefused(NewConnectionError):
     """The host resolves only to addresses the filter refuses (private, loopback, link-local…)."""
+
+
+def refusal(exc: BaseException) -> AddressRefused | None:
+    """The :class:`AddressRefused` behind a requests error, if that is what it was."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, AddressRefused):
+            return current
+        reason = getattr(current.args[0], "reason", None) if current.args else None
+        if isinstance(reason, AddressRefused):
+            return reason
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def address_allowed(address: str, *, allow_loopback: bool) -> bool:

@@ -139,8 +139,9 @@ def register():  # type: ignore[no-untyped-def]
         return _register_error(403, "TOO_MANY_INSTALLATIONS", "This host has as many installations as allowed")
     try:
         app_id = services.fetch_app_id(saleor_api_url, token)
-    except Exception:  # noqa: BLE001 - any failure means the token is not proven
-        logger.warning("install refused: the token is not proven", extra={"saleor_api_url": saleor_api_url})
+    except Exception as exc:  # noqa: BLE001 - any failure means the token is not proven
+        logger.warning("install refused: the token is not proven",
+                       extra={"saleor_api_url": saleor_api_url, "reason": str(exc)[:300]})  # fmt: skip
         return _register_error(401, "UNKNOWN_APP_ID", "Could not get the app ID from the Saleor API")
     if existing is not None and existing.app_id != app_id:
         refusal = _still_installed(services, saleor_api_url, existing)

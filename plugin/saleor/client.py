@@ -138,7 +138,15 @@ def fetch_app_id(
         if response.status_code in (401, 403):
             raise TokenRefused("Saleor does not know this token")
         app = response.json()["data"]["app"] if response.status_code == 200 else None
-    except (requests.RequestException, ValueError, KeyError, TypeError):
+    except requests.RequestException as exc:
+        refused = http.refusal(exc)
+        if refused is not None:
+            raise SaleorError(
+                f"{refused}: the app calls only public addresses (KLARNA_APP_SALEOR_IP_FILTER); "
+                "for a Saleor on this machine in development set KLARNA_APP_SALEOR_ALLOW_LOOPBACK=1"
+            ) from None
+        raise SaleorError(f"Saleor did not answer the app query: {exc.__class__.__name__}") from None
+    except (ValueError, KeyError, TypeError):
         raise SaleorError("Saleor did not answer the app query") from None
     if response.status_code != 200:
         raise SaleorError(f"Saleor answered the app query with {response.status_code}")

@@ -468,7 +468,9 @@ class Bench:
         """gunicorn -c gunicorn.conf.py [spec]: the app (spec None) or a reference app."""
         port = free_port()
         env = self._env(database_url or self.sqlite_url, port, **extra)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *([spec] if spec else [])]
+        # gunicorn.conf.py runs the asyncio worker: a reference WSGI app goes behind the same bridge
+        app = [f"plugin.asgi:bridge({spec!r})"] if spec else []
+        cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *app]
         proc = self._spawn(f"web-{name}", cmd, env)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
@@ -1047,9 +1049,9 @@ run on one machine. `klarna-om bench --quick` is a short run (under a minute), `
 parts, `--output FILE` writes elsewhere. Nothing is asserted; the targets are printed next to the
 measurements.
 
-* **Servers.** The app runs under `gunicorn -c gunicorn.conf.py` (gthread, `WEB_CONCURRENCY` processes
+* **Servers.** The app runs under `gunicorn -c gunicorn.conf.py` (asyncio worker, app in `WEB_CONCURRENCY` processes
   x 8 threads), as in production. The two references run under the same configuration with their app
-  spec on the command line (`benchmarks/reference_apps.py`): a bare Flask endpoint that answers 200,
+  spec behind the same bridge (`plugin.asgi:bridge`, `benchmarks/reference_apps.py`): a bare Flask endpoint that answers 200,
   and a minimal durable endpoint that verifies the detached JWS with `plugin.saleor.jws.verify_detached`
   against the JWKS and makes one INSERT through a pooled SQLAlchemy engine (`plugin.db.make_engine`).
   SQLite is a fresh file; PostgreSQL is a fresh database created and dropped by the bench.

@@ -13,6 +13,7 @@ refused by gunicorn's own limits (``limit_request_*``). Put a buffering proxy in
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import logging
 import os
@@ -151,3 +152,13 @@ def create() -> WsgiBridge:
     settings = app.extensions["klarna_om"].settings
     threads = int(os.environ.get("KLARNA_APP_WEB_THREADS", "8"))
     return WsgiBridge(app.wsgi_app, threads=threads, max_body_bytes=settings.max_body_bytes)
+
+
+def bridge(spec: str) -> WsgiBridge:
+    """Any WSGI app behind the bridge, for gunicorn.conf.py: ``plugin.asgi:bridge('pkg.mod:factory()')``
+    (the benchmarks serve their reference apps this way, under the same configuration as the app)."""
+    module, _, attribute = spec.partition(":")
+    target = getattr(importlib.import_module(module), attribute.removesuffix("()"))
+    app = target() if attribute.endswith("()") else target
+    threads = int(os.environ.get("KLARNA_APP_WEB_THREADS", "8"))
+    return WsgiBridge(getattr(app, "wsgi_app", app), threads=threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 from flask import Flask, jsonify, request
@@ -35,7 +36,10 @@ def _call(bridge: WsgiBridge, scope: dict[str, Any], chunks: list[bytes]) -> lis
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(bridge(scope, receive, send))
+    # a thread of its own: a browser test's event loop may still be set on the main thread
+    thread = threading.Thread(target=lambda: asyncio.run(bridge(scope, receive, send)))
+    thread.start()
+    thread.join(10)
     return sent
 
 

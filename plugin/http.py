@@ -151,7 +151,8 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="klarna-om-http-deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is call:  # wake the watchdog only when it must wake earlier
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:

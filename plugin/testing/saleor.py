@@ -321,7 +321,7 @@ class FakeSaleor:
         self.app_permissions: list[str] = []
         self.app_metadata: tuple[dict, dict] = ({}, {})
         self._active_token: str | None = None
-        self._other_apps: dict[str, dict] = {}  # token -> {"id", "name"}: other apps installed here
+        self._other_apps: dict[str, dict[str, str]] = {}  # token -> {"id", "name"}: other apps installed here
         self._installed = False
         self._webhooks: list[dict] = []  # manifest webhooks + parsed document, top field, events
         self._extension_ids: list[str] = []

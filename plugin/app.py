@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # "//" in a path is not an address to redirect to (a 308 before authentication): it is a 404.
+    app.url_map.merge_slashes = False
     app.config["SETTINGS"] = settings
     app.extensions["klarna_om"] = services
 

@@ -179,6 +179,11 @@ class Settings:
             logger.warning("KLARNA_APP_ALLOWED_SALEOR_URLS is empty: any Saleor may install this app")
         if not self.saleor_ip_filter:
             logger.warning("KLARNA_APP_SALEOR_IP_FILTER is off: the app will call private addresses")
+        elif not self.production and not self.saleor_allow_loopback:
+            logger.info(
+                "a Saleor on this machine (127.0.0.1, localhost) cannot install the app until "
+                "KLARNA_APP_SALEOR_ALLOW_LOOPBACK=1; one on a private network needs KLARNA_APP_SALEOR_IP_FILTER=0"
+            )
 
 
 @functools.lru_cache(maxsize=8)

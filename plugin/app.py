@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from plugin import http
 from plugin.crypto import SecretBox
 from plugin.db import Database, NotMigratedError
 from plugin.db.repository import SqlLedger
@@ -22,6 +26,7 @@ from plugin.klarna.ratelimit import SharedRateLimiter, bucket_key
 from plugin.metrics import render as render_metrics
 from plugin.saleor import client as saleor_client
 from plugin.saleor.port import SaleorOrders
+from plugin.services import housekeeping
 from plugin.services.installations import JwksVerifier
 from plugin.services.merchant import MerchantSettings, SettingsStore
 from plugin.services.sync import SyncDeps
@@ -43,6 +48,7 @@ class Services:
     saleor_for: Callable[[str, str], Any] | None = None
     klarna_for: Callable[[MerchantSettings], Any] | None = None
     jwks_verifier: JwksVerifier | None = None  # shared by webhooks and the dashboard API
+    register_limiter: http.SlidingWindow | None = None
     _clients: dict[Any, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,8 +61,16 @@ class Services:
             box=box,
             store=SettingsStore(box),
         )
-        services.fetch_app_id = _explained("the app id could not be read from Saleor", saleor_client.fetch_app_id)
-        services.fetch_jwks = _explained("Saleor's JWKS could not be fetched", saleor_client.fetch_jwks)
+        # Calls to a Saleor go through one bounded, address-filtered session (plugin/http.py).
+        saleor_session = http.bounded_session(settings.saleor_bounds)
+        services.fetch_jwks = _explained(
+            "Saleor's JWKS could not be fetched", functools.partial(saleor_client.fetch_jwks, session=saleor_session)
+        )
+        services.fetch_app_id = _explained(
+            "the app id could not be read from Saleor",
+            functools.partial(saleor_client.fetch_app_id, session=saleor_session),
+        )
+        services.register_limiter = http.SlidingWindow(settings.register_per_minute)
         services.saleor_for = services._saleor_client
         services.klarna_for = services._klarna_client
         services.jwks_verifier = JwksVerifier(services.db, lambda url: services.fetch_jwks(url))
@@ -66,7 +80,9 @@ class Services:
         key = ("saleor", threading.get_ident(), saleor_api_url, token)
         with self._lock:
             if key not in self._clients:
-                self._clients[key] = saleor_client.SaleorClient(saleor_api_url, token)
+                self._clients[key] = saleor_client.SaleorClient(
+                    saleor_api_url, token, bounds=self.settings.saleor_bounds
+                )
             return self._clients[key]
 
     def _klarna_client(self, merchant: MerchantSettings) -> KlarnaOrdersClient:
@@ -85,9 +101,14 @@ class Services:
                 self._clients[key] = KlarnaOrdersClient(
                     url, merchant.username, merchant.password or "", rate_limiter=limiter,
                     timeout=(3.05, self.settings.http_timeout),
+                    session=http.bounded_session(self.settings.klarna_bounds, pool_connections=4, pool_maxsize=64),
                 )  # fmt: skip
             client: KlarnaOrdersClient = self._clients[key]
             return client
+
+    def prune(self, retention: timedelta) -> housekeeping.Pruned:
+        """Delete deliveries and idle jobs older than ``retention`` (the workers' housekeeping)."""
+        return housekeeping.prune(self.db, retention)
 
     def sync_deps(self) -> SyncDeps:
         """The worker's use case wired to the adapters: the SQL ledger and ports over the clients."""
@@ -170,6 +191,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # "//" in a path is not an address to redirect to (a 308 before authentication): it is a 404.
+    app.url_map.merge_slashes = False
     app.config["SETTINGS"] = settings
     app.extensions["klarna_om"] = services
 
@@ -213,6 +236,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @app.get("/metrics")
     def metrics():  # type: ignore[no-untyped-def]
+        # With KLARNA_APP_METRICS_TOKEN set, only for ``Authorization: Bearer <token>``.
+        expected = settings.metrics_token
+        if expected:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return jsonify(error={"type": "UNAUTHORIZED", "message": "metrics need the metrics token"}), 401
         body, content_type = render_metrics(services.db)
         return app.response_class(body, content_type=content_type)
 

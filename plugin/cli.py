@@ -172,8 +172,9 @@ def serve(host: str, port: int, migrate: bool | None, with_worker: bool | None) 
     worker = None
     if with_worker if with_worker is not None else settings.worker_in_process:
         worker = Worker(
-            services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds
-        )
+            services.sync_deps(), concurrency=settings.worker_concurrency, retry_base=settings.retry_base_seconds,
+            retention_days=settings.retention_days, prune=services.prune,
+        )  # fmt: skip
         app.extensions["klarna_om_worker"] = worker
         worker.start_thread()
     announce(settings, f"http://{host}:{port}")
@@ -211,6 +212,8 @@ def worker(concurrency: int | None, wait_for_database: float) -> None:
         services.sync_deps(),
         concurrency=concurrency or services.settings.worker_concurrency,
         retry_base=services.settings.retry_base_seconds,
+        retention_days=services.settings.retention_days,
+        prune=services.prune,
     )
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())

@@ -40,6 +40,7 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
         secret_keys=("demo-secret-key-not-for-production-use-0123456789",), instance_path=workdir,
         klarna_base_url=klarna_server.base_url, retry_base_seconds=0.2, log_level="WARNING",
         allowed_saleor_urls=(r"re:http://127\.0\.0\.1:\d+/graphql/",),  # only the demo's own fake Saleor
+        saleor_allow_loopback=True,  # the demo's Saleor is a fake on 127.0.0.1
     ).validated()  # fmt: skip
     services = Services.build(settings)
     services.db.upgrade()

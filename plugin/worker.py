@@ -10,24 +10,40 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 
 from plugin.domain.ledger import ClaimedJob
 from plugin.metrics import JOB_RUNS
+from plugin.services import housekeeping
 from plugin.services.sync import LeaseLost, SyncDeps, backoff, fail_job, sync_order
 
 __all__ = ["Worker", "backoff"]
 
 logger = logging.getLogger(__name__)
 
+HOUSEKEEPING_EVERY = 3600.0  # seconds between prunes (KLARNA_APP_RETENTION_DAYS sets what is old)
+
 
 class Worker:
     def __init__(
-        self, deps: SyncDeps, *, concurrency: int = 8, poll_interval: float = 0.5, retry_base: float | None = None
+        self,
+        deps: SyncDeps,
+        *,
+        concurrency: int = 8,
+        poll_interval: float = 0.5,
+        retry_base: float | None = None,
+        retention_days: float | None = None,
+        prune: Callable[[timedelta], housekeeping.Pruned] | None = None,
     ) -> None:
         self.deps = deps if retry_base is None else replace(deps, retry_base=retry_base)
+        self.retention = timedelta(days=retention_days) if retention_days and prune else None
+        self._prune = prune
+        self._next_housekeeping = 0.0
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.retry_base = self.deps.retry_base
@@ -78,12 +94,28 @@ class Worker:
                 done += 1
         return done
 
+    def housekeep(self, *, now: float | None = None) -> housekeeping.Pruned | None:
+        """Prune old deliveries and idle jobs when due (at start, then hourly); never raises."""
+        now = time.monotonic() if now is None else now
+        if self.retention is None or self._prune is None or now < self._next_housekeeping:
+            return None
+        self._next_housekeeping = now + HOUSEKEEPING_EVERY
+        try:
+            pruned = self._prune(self.retention)
+        except Exception:
+            logger.warning("housekeeping failed; next try in an hour", exc_info=True)
+            return None
+        if pruned.deliveries or pruned.jobs:
+            logger.info("housekeeping", extra={"deliveries_pruned": pruned.deliveries, "jobs_pruned": pruned.jobs})
+        return pruned
+
     def run(self) -> None:
         """Poll and process until :meth:`stop`; in-flight jobs finish before returning."""
         busy: set[Future[None]] = set()
         lock = threading.Lock()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="klarna-om-job") as pool:
             while not self._stop.is_set():
+                self.housekeep()
                 with lock:
                     free = self.concurrency - len(busy)
                 try:

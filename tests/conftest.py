@@ -91,6 +91,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         instance_path=tmp_path / "instance",
         retry_base_seconds=0.01,
         max_attempts=4,
+        saleor_allow_loopback=True,  # the fakes listen on loopback (production refuses it: plugin/http.py)
+        register_per_minute=1000,  # tests install many times; tests/fuzz/test_hardening.py tests the limit
     ).validated()
 
 

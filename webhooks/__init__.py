@@ -6,17 +6,21 @@ webhooks answer ``{"error": {"type", "message"}}``. 4xx means "never send this a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, bindparam, insert, select
 
 from plugin.db.models import Delivery, utcnow
 from plugin.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
 from plugin.saleor import jws
+from plugin.saleor import urls as saleor_urls
+from plugin.saleor.client import TokenRefused
 from plugin.services import installations, queue
 from plugin.services.installations import RefetchThrottled
 from webhooks.payloads import PayloadError, parse_app_deleted, parse_order_event
@@ -98,29 +102,58 @@ def _register_error(status: int, code: str, message: str):  # type: ignore[no-un
 
 @bp.post("/api/register")
 def register():  # type: ignore[no-untyped-def]
-    """app-sdk's register handler: allowlist, prove the token, fetch the JWKS, store."""
+    """app-sdk's register handler, hardened (issue 11): parse and clean the URL, allowlist, bound
+    the rate and the installations per host, prove the token, refuse to replace a live
+    installation of another app, fetch the JWKS, store without deleting anything."""
     services = _services()
-    saleor_api_url = request.headers.get("Saleor-Api-Url", "").strip()
-    if not saleor_api_url:
+    settings = services.settings
+    raw_url = request.headers.get("Saleor-Api-Url", "").strip()
+    if not raw_url:
         return _register_error(400, "MISSING_SALEOR_API_URL", "Missing saleor-api-url header")
+    try:
+        url = saleor_urls.parse(raw_url)
+    except saleor_urls.BadSaleorUrl as exc:
+        return _register_error(400, "INVALID_SALEOR_API_URL", f"The saleor-api-url header is not usable: {exc}")
     body = request.get_json(silent=True)
     token = body.get("auth_token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token or len(token) > 1024:
         return _register_error(400, "MISSING_AUTH_TOKEN", "Missing auth token.")
-    if not services.settings.saleor_url_allowed(saleor_api_url):
+    saleor_api_url = url.url  # without userinfo: what was matched is what is called and stored
+    if not settings.saleor_url_allowed(url):
         logger.warning("install refused: Saleor not on the allowlist", extra={"saleor_api_url": saleor_api_url})
         return _register_error(
             403, "SALEOR_URL_PROHIBITED", "This app expects to be installed only in allowed Saleor instances"
         )
+    limiter = services.register_limiter
+    if limiter is not None and not limiter.allow(request.remote_addr or ""):
+        logger.warning("install refused: too many registrations", extra={"saleor_api_url": saleor_api_url})
+        error = _register_error(429, "TOO_MANY_REQUESTS", "Too many installation attempts; retry in a minute")
+        error[0].headers["Retry-After"] = "60"
+        return error
+    with services.db.transaction() as session:
+        existing = installations.stored(session, services.box, saleor_api_url)
+        crowded = existing is None and installations.count_for_host(session, url.host) >= (
+            settings.max_installations_per_host
+        )
+    if crowded:
+        logger.warning("install refused: too many installations for the host", extra={"host": url.host})
+        return _register_error(403, "TOO_MANY_INSTALLATIONS", "This host has as many installations as allowed")
     try:
         app_id = services.fetch_app_id(saleor_api_url, token)
-    except Exception:  # noqa: BLE001 - any failure means the token is not proven
+    except Exception as exc:  # noqa: BLE001 - any failure means the token is not proven
+        logger.warning("install refused: the token is not proven",
+                       extra={"saleor_api_url": saleor_api_url, "reason": str(exc)[:300]})  # fmt: skip
         return _register_error(401, "UNKNOWN_APP_ID", "Could not get the app ID from the Saleor API")
+    if existing is not None and existing.app_id != app_id:
+        refusal = _still_installed(services, saleor_api_url, existing)
+        if refusal is not None:
+            return refusal
     try:
         jwks_text = services.fetch_jwks(saleor_api_url)
         if not jws.valid_jwks(jwks_text):
             raise ValueError("no RSA key")
     except Exception:  # noqa: BLE001
+        logger.warning("install refused: no JWKS", extra={"saleor_api_url": saleor_api_url})
         return _register_error(401, "JWKS_NOT_AVAILABLE", "Can't fetch the remote JWKS.")
     with services.db.transaction() as session:
         installations.save(
@@ -128,6 +161,26 @@ def register():  # type: ignore[no-untyped-def]
         )
     logger.info("installed", extra={"saleor_api_url": saleor_api_url, "app_id": app_id})
     return jsonify(success=True)
+
+
+def _still_installed(services, saleor_api_url: str, existing: installations.Stored):  # type: ignore[no-untyped-def]
+    """A register for another app may replace the installation only once Saleor has revoked the
+    stored token (a real reinstall deletes the app first). None when the replace may go ahead."""
+    try:
+        proven = services.fetch_app_id(saleor_api_url, existing.token)
+    except TokenRefused:
+        return None
+    except Exception:  # noqa: BLE001 - cannot tell: keep the installation, let the installer retry
+        logger.warning("install refused: the current installation could not be checked",
+                       extra={"saleor_api_url": saleor_api_url})  # fmt: skip
+        return _register_error(503, "INSTALLATION_CHECK_FAILED", "Could not check the current installation; retry")
+    logger.warning(
+        "install refused: the app is installed and its token is valid",
+        extra={"saleor_api_url": saleor_api_url, "app_id": existing.app_id, "proven_app_id": proven},
+    )
+    return _register_error(
+        409, "ALREADY_INSTALLED", "The app is installed in this Saleor; uninstall it there before installing again"
+    )
 
 
 def _webhook_error(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
@@ -172,6 +225,17 @@ def _verified(expected_events: tuple[str, ...], conn: Connection | None = None):
     return (installation, raw, event.upper()), None
 
 
+_SEEN = (
+    select(Delivery.id)
+    .where(Delivery.digest == bindparam("digest"), Delivery.received_at >= bindparam("since"))
+    .limit(1)
+)
+
+
+def delivery_digest(saleor_api_url: str, event: str, raw: bytes) -> str:
+    return hashlib.sha256(b"\0".join((saleor_api_url.encode(), event.encode(), raw))).hexdigest()
+
+
 @bp.post(ORDER_EVENTS_PATH)
 def order_events():  # type: ignore[no-untyped-def]
     """Verify, record the delivery and enqueue the order's sync in one transaction, answer 200.
@@ -193,9 +257,18 @@ def order_events():  # type: ignore[no-untyped-def]
             return _webhook_error(403, "WRONG_RECIPIENT", "The event is addressed to another app")
         # The app's own notes and metadata come back as events: nothing to sync for those.
         own = parsed.principal_id == installation.app_id
+        digest = delivery_digest(installation.saleor_api_url, event, raw)
+        now = utcnow()
+        # A replay of a signed delivery (same bytes) within the window is answered, not recorded:
+        # Saleor's payloads carry issuedAt, so two real events never share a digest.
+        since = now - timedelta(seconds=services.settings.delivery_dedupe_seconds)
+        if conn.execute(_SEEN, {"digest": digest, "since": since}).first() is not None:
+            conn.rollback()
+            WEBHOOKS_REJECTED.labels("DUPLICATE").inc()
+            return jsonify(ok=True, enqueued=False, duplicate=True)
         conn.execute(_RECORD_DELIVERY, {
             "saleor_api_url": installation.saleor_api_url, "event": event, "order_id": parsed.order_id,
-            "principal": parsed.principal_id, "enqueued": not own, "received_at": utcnow(),
+            "principal": parsed.principal_id, "enqueued": not own, "received_at": now, "digest": digest,
         })  # fmt: skip
         if not own:
             queue.enqueue(conn, installation.saleor_api_url, parsed.order_id)

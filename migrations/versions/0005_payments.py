@@ -1,7 +1,7 @@
 """payment requests from the dashboard's buttons; one Klarna order per Saleor order
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-29 22:20:00
 
 Two new tables only: the previous release ignores them.
@@ -13,7 +13,7 @@ from alembic import op
 import plugin.db.models
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -452,6 +452,9 @@ class Bench:
             "KLARNA_APP_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(self.cfg.web_concurrency),
             "KLARNA_APP_WORKER_CONCURRENCY": str(self.cfg.worker_concurrency),
             "KLARNA_APP_KLARNA_RATE_PER_SECOND": str(self.cfg.klarna_rate),
+            # production refuses loopback Saleors unless they are on the allowlist (plugin/http.py)
+            "KLARNA_APP_ALLOWED_SALEOR_URLS": r"re:http://127\.0\.0\.1(:[0-9]+)?/.*",
+            "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",
             **extra,
         }  # fmt: skip
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -469,7 +472,9 @@ class Bench:
         """gunicorn -c gunicorn.conf.py [spec]: the app (spec None) or a reference app."""
         port = free_port()
         env = self._env(database_url or self.sqlite_url, port, **extra)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *([spec] if spec else [])]
+        # gunicorn's asyncio worker: a reference WSGI app goes behind the same bridge
+        app = [f"plugin.asgi:bridge({spec!r})"] if spec else []
+        cmd = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *app]
         proc = self._spawn(f"web-{name}", cmd, env)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
@@ -571,7 +576,8 @@ class Bench:
             if response.status_code != 200:
                 raise RuntimeError(f"register failed: {response.status_code} {response.text}")
         settings = Settings(public_url=public, database_url=database_url, secret_keys=(SECRET,),
-                            instance_path=self.workdir, klarna_base_url=self.klarna_server.base_url).validated()  # fmt: skip
+                            instance_path=self.workdir, klarna_base_url=self.klarna_server.base_url,
+                            saleor_allow_loopback=True).validated()  # fmt: skip
         services = Services.build(settings)
         with services.db.transaction() as session:
             services.store.save(session, self.saleor.api_url,
@@ -1088,9 +1094,9 @@ short run that prints its table and writes no file; `--only a,c` runs some parts
 BENCHMARKS.md (the checkout's, else the current folder's), `--output FILE` writes elsewhere. Nothing is
 asserted; the targets are printed next to the measurements.
 
-* **Servers.** The app runs under `gunicorn -c python:plugin.gunicorn_conf` (= `gunicorn.conf.py`; gthread, `WEB_CONCURRENCY` processes
+* **Servers.** The app runs under `gunicorn -c python:plugin.gunicorn_conf` (= `gunicorn.conf.py`; asyncio worker, app in `WEB_CONCURRENCY` processes
   x 8 threads), as in production. The two references run under the same configuration with their app
-  spec on the command line (`plugin/benchmarks/reference_apps.py`): a bare Flask endpoint that answers 200,
+  spec behind the same bridge (`plugin.asgi:bridge`, `plugin/benchmarks/reference_apps.py`): a bare Flask endpoint that answers 200,
   and a minimal durable endpoint that verifies the detached JWS with `plugin.saleor.jws.verify_detached`
   against the JWKS and makes one INSERT through a pooled SQLAlchemy engine (`plugin.db.make_engine`).
   SQLite is a fresh file; PostgreSQL is a fresh database created and dropped by the bench.

@@ -103,7 +103,9 @@ class Delivery(Base):
     order_id: Mapped[str | None] = mapped_column(String(255))
     principal: Mapped[str | None] = mapped_column(String(255))
     enqueued: Mapped[bool] = mapped_column(default=False)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # sha256 of (Saleor, event, body): an identical delivery seen recently is not recorded again
+    digest: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
 
 
 class Job(Base):

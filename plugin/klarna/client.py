@@ -23,10 +23,11 @@ from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import quote
 
 import requests
-from requests.adapters import BaseAdapter, HTTPAdapter
+from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from plugin.http import BoundedAdapter, Bounds
 from plugin.klarna.errors import KlarnaTransportError, error_from_response
 from plugin.metrics import KLARNA_CALLS, KLARNA_LATENCY
 
@@ -452,7 +453,7 @@ def _latency_histogram(operation: str) -> Any:
 def _new_session() -> requests.Session:
     session = requests.Session()
     # max_retries=0: urllib3 must not retry on its own; the worker decides (STYLE H8).
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+    adapter = BoundedAdapter(Bounds(), pool_connections=4, pool_maxsize=64, max_retries=0)  # plugin/http.py
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

@@ -25,6 +25,7 @@ from graphql import DocumentNode, ExecutionResult, parse
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from plugin import http
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
 from plugin.domain.money import tax_rate_basis_points, to_minor
@@ -112,8 +113,9 @@ class _LeanTransport(RequestsHTTPTransport):
     comes back is read by gql's own ``_prepare_result``, so errors surface as they did.
     """
 
-    def __init__(self, url: str, token: str, timeout: int) -> None:
+    def __init__(self, url: str, token: str, timeout: int, bounds: http.Bounds) -> None:
         super().__init__(url=url, timeout=timeout, retries=0)
+        self._bounds = bounds
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
@@ -127,6 +129,9 @@ class _LeanTransport(RequestsHTTPTransport):
         super().connect()  # type: ignore[no-untyped-call]  # gql leaves connect() unannotated
         session = self.session
         assert session is not None
+        # Bounded reads, the address filter, no redirects (and, filtered, no proxies from the
+        # environment), mounted before the adapter is picked.
+        http.harden(session, self._bounds)
         settings = session.merge_environment_settings(self.url, {}, None, None, None)
         self._send_settings = {key: settings[key] for key in ("proxies", "verify", "cert")}
         self._adapter = session.get_adapter(self.url)
@@ -161,46 +166,97 @@ class SaleorError(Exception):
     """Saleor could not be reached or refused the call."""
 
 
+class TokenRefused(SaleorError):
+    """Saleor answered, and does not know the token (revoked, or never issued)."""
+
+
+# Saleor's JWKS is one or two RSA keys (~1 kB): anything past this is not a Saleor.
+JWKS_MAX_BYTES = 64 * 1024
+_DEFAULT_SESSION = http.bounded_session(http.Bounds())
+
+
 def jwks_url(saleor_api_url: str) -> str:
     parts = urlsplit(saleor_api_url)
     return f"{parts.scheme}://{parts.netloc}/.well-known/jwks.json"
 
 
-def fetch_jwks(saleor_api_url: str, *, timeout: float = 10.0) -> str:
-    """GET the JWKS from the Saleor's origin; the raw text, as app-sdk stores it."""
+def fetch_jwks(saleor_api_url: str, *, timeout: float = 10.0, session: requests.Session | None = None) -> str:
+    """GET the JWKS from the Saleor's origin; the raw text, as app-sdk stores it (at most 64 kB)."""
+    session = session or _DEFAULT_SESSION
     try:
-        response = requests.get(jwks_url(saleor_api_url), timeout=timeout, allow_redirects=False)
+        response = session.get(jwks_url(saleor_api_url), timeout=timeout, allow_redirects=False)
     except requests.RequestException as exc:
         raise SaleorError(f"JWKS not reachable: {exc.__class__.__name__}") from None
     if response.status_code != 200:
         raise SaleorError(f"JWKS answered {response.status_code}")
+    if len(response.content) > JWKS_MAX_BYTES:
+        raise SaleorError(f"JWKS larger than {JWKS_MAX_BYTES} bytes")
     return response.text
 
 
-def fetch_app_id(saleor_api_url: str, token: str, *, timeout: float = 10.0) -> str:
-    """Prove ``token`` by asking Saleor which app it belongs to (app-sdk's ``getAppId``)."""
+def fetch_app_id(
+    saleor_api_url: str, token: str, *, timeout: float = 10.0, session: requests.Session | None = None
+) -> str:
+    """Prove ``token`` by asking Saleor which app it belongs to (app-sdk's ``getAppId``).
+
+    Raises :class:`TokenRefused` when Saleor answers but does not know the token, else
+    :class:`SaleorError` when it cannot be asked.
+    """
+    session = session or _DEFAULT_SESSION
     try:
-        response = requests.post(
+        response = session.post(
             saleor_api_url,
             json={"query": APP_ID},
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
             allow_redirects=False,
         )
+        if response.status_code in (401, 403):
+            raise TokenRefused("Saleor does not know this token")
         app = response.json()["data"]["app"] if response.status_code == 200 else None
-    except (requests.RequestException, ValueError, KeyError, TypeError):
+    except requests.RequestException as exc:
+        refused = http.refusal(exc)
+        if refused is not None:
+            raise SaleorError(
+                f"{refused}: the app calls only public addresses (KLARNA_APP_SALEOR_IP_FILTER); "
+                "for a Saleor on this machine in development set KLARNA_APP_SALEOR_ALLOW_LOOPBACK=1"
+            ) from None
+        raise SaleorError(f"Saleor did not answer the app query: {exc.__class__.__name__}") from None
+    except (ValueError, KeyError, TypeError):
         raise SaleorError("Saleor did not answer the app query") from None
-    if not app or not app.get("id"):
-        raise SaleorError("Saleor does not know this token")
+    if response.status_code != 200:
+        raise SaleorError(f"Saleor answered the app query with {response.status_code}")
+    if not isinstance(app, dict) or not app.get("id"):
+        raise TokenRefused("Saleor does not know this token")
     return str(app["id"])
+
+
+class _NoPayloads(logging.Filter):
+    """gql logs every request and answer body at DEBUG (``>>>`` / ``<<<``): order metadata, notes,
+    addresses. No level of this app's logging may show personal data, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith((">>>", "<<<", "operations", "file_map")))
+
+
+_GQL_LOGGER = logging.getLogger("gql.transport.requests")
+
+
+def _silence_payload_logs() -> None:
+    if not any(isinstance(f, _NoPayloads) for f in _GQL_LOGGER.filters):
+        _GQL_LOGGER.addFilter(_NoPayloads())
 
 
 class SaleorClient:
     """GraphQL calls for one installation, with its app token."""
 
-    def __init__(self, saleor_api_url: str, token: str, *, timeout: int = 20) -> None:
+    def __init__(
+        self, saleor_api_url: str, token: str, *, timeout: int = 20, bounds: http.Bounds | None = None
+    ) -> None:
         self.saleor_api_url = saleor_api_url
-        transport = _LeanTransport(saleor_api_url, token, timeout)
+        self._bounds = bounds or http.Bounds()
+        _silence_payload_logs()
+        transport = _LeanTransport(saleor_api_url, token, timeout, self._bounds)
         self._client = Client(transport=transport, fetch_schema_from_transport=False)
         self._session: Any = None
         self._lock = threading.Lock()

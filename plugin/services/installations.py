@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from plugin.crypto import SecretBox
 from plugin.db import Database
 from plugin.db.models import Installation, utcnow
-from plugin.saleor import jws
+from plugin.saleor import jws, urls
 from plugin.services import pending
 from plugin.services.merchant import SettingsStore
 
@@ -48,16 +48,47 @@ def load_keys(conn: Connection, saleor_api_url: str) -> Keys | None:
     return Keys(saleor_api_url, row.app_id, row.jwks) if row else None
 
 
+@dataclass(frozen=True)
+class Stored:
+    """The installation a register would replace: its app id and decrypted token."""
+
+    app_id: str
+    token: str
+
+
+def stored(session: Session, box: SecretBox, saleor_api_url: str) -> Stored | None:
+    row = session.get(Installation, saleor_api_url)
+    return Stored(row.app_id, box.decrypt(row.token_encrypted)) if row is not None else None
+
+
+def count_for_host(session: Session, host: str) -> int:
+    """Installations whose Saleor API URL names ``host`` (any scheme, port, path or letter case)."""
+    host = host.rstrip(".")
+    urls = session.scalars(select(Installation.saleor_api_url))
+    return sum(1 for url in urls if _host_of(url) == host)
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urls.parse(url).host.rstrip(".")
+    except urls.BadSaleorUrl:
+        return None
+
+
 def save(session: Session, box: SecretBox, *, saleor_api_url: str, app_id: str, token: str, jwks_text: str) -> None:
-    """Store (or replace, on reinstall) the installation; the token encrypted."""
-    session.execute(delete(Installation).where(Installation.saleor_api_url == saleor_api_url))
-    session.flush()
-    session.add(
-        Installation(
-            saleor_api_url=saleor_api_url, app_id=app_id, token_encrypted=box.encrypt(token),
-            jwks=jwks_text, installed_at=utcnow(),
-        )
-    )  # fmt: skip
+    """Store the installation, or update it in place on a reinstall; the token encrypted.
+
+    Never a delete and insert: the merchant's settings, jobs and ledger hang off this row by
+    foreign keys with ON DELETE CASCADE, and a reinstall must keep them.
+    """
+    row = session.get(Installation, saleor_api_url)
+    if row is None:
+        row = Installation(saleor_api_url=saleor_api_url)
+        session.add(row)
+    row.app_id = app_id
+    row.token_encrypted = box.encrypt(token)
+    row.jwks = jwks_text
+    row.installed_at = utcnow()
     pending.apply(session, SettingsStore(box), saleor_api_url)  # settings imported before the install
 
 
@@ -86,13 +117,14 @@ class JwksVerifier:
                 if unknown and throttled:
                     raise RefetchThrottled() from first
                 raise first
-            result = check(fresh)  # raises if it still does not verify
+            # Keep any valid JWKS from the installation's Saleor, whatever request triggered the
+            # fetch: a flood of forgeries must not keep a rotated key out (issue 11, item 5).
             with self.db.transaction() as session:
                 row = session.get(Installation, installation.saleor_api_url)
                 if row is not None:
                     row.jwks = fresh
             logger.info("Saleor JWKS refreshed", extra={"saleor_api_url": installation.saleor_api_url})
-            return result
+            return check(fresh)  # raises if the request still does not verify
 
     def _refetch(self, saleor_api_url: str, current: str, interval: float) -> tuple[bool, str | None]:
         """(throttled, the new JWKS if it differs from ``current``)."""

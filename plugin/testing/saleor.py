@@ -352,6 +352,7 @@ class FakeSaleor:
         self.app_permissions: list[str] = []
         self.app_metadata: tuple[dict, dict] = ({}, {})
         self._active_token: str | None = None
+        self._other_apps: dict[str, dict[str, str]] = {}  # token -> {"id", "name"}: other apps installed here
         self._installed = False
         self._webhooks: list[dict] = []  # manifest webhooks + parsed document, top field, events
         self._extension_ids: list[str] = []
@@ -522,6 +523,18 @@ class FakeSaleor:
             return failed(status, message, app_id, token)
         self._installed = True
         return InstallResult(True, status, app_id, token, None)
+
+    def install_other_app(self, name: str = "Another app") -> tuple[str, str]:
+        """Another app installed in this Saleor (a theme, a CMS sync…): (its app id, its token).
+
+        Its token is a valid app token of this Saleor, for that app only: ``{ app { id } }``
+        answers that app's id, and nothing of the Klarna app is reachable with it.
+        """
+        with self._lock:
+            app_id = gid("App", self._next("App"))
+            token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(30))
+            self._other_apps[token] = {"id": app_id, "name": name}
+        return app_id, token
 
     def _remove_app(self) -> None:
         with self._lock:
@@ -1468,6 +1481,15 @@ class FakeSaleor:
                     "permissions": set(self.app_permissions),
                     "principal": {"__typename": "App", "id": self.app_id},
                 }
+            other = self._other_apps.get(token)
+            if other is not None:
+                return {
+                    "kind": "other_app",
+                    "token": token,
+                    "permissions": set(),
+                    "principal": {"__typename": "App", "id": other["id"]},
+                    "app": other,
+                }
             key = self._private_key.public_key()
         try:
             claims = jwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False})
@@ -1564,6 +1586,13 @@ class _Root:
             raise PermissionDenied("AUTHENTICATED_STAFF_USER", "AUTHENTICATED_APP")
         fake = self.fake
         with fake._lock:
+            if self.caller["kind"] == "other_app":
+                other = self.caller["app"]
+                return (
+                    {"__typename": "App", "id": other["id"], "name": other["name"]}
+                    if id in (None, other["id"])
+                    else None
+                )
             if fake.app_id is None:
                 return None
             if id is None:

@@ -158,6 +158,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = Settings(
         public_url=app_server.url, database_url=f"sqlite:///{tmp / 'app.sqlite3'}", secret_keys=(SECRET,),
         instance_path=tmp / "instance", klarna_base_url=klarna.base_url, retry_base_seconds=0.01, max_attempts=2,
+        saleor_allow_loopback=True,
     ).validated()  # fmt: skip
     Database(settings.database_url).upgrade()
     services = Services.build(settings)

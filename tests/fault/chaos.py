@@ -561,6 +561,7 @@ class Rig:
             "KLARNA_APP_MAX_ATTEMPTS": str(max_attempts), "KLARNA_APP_RETRY_BASE_SECONDS": "0.001",
             "KLARNA_APP_KLARNA_RATE_PER_SECOND": "1000", "KLARNA_APP_LOG_LEVEL": "WARNING",
             "KLARNA_APP_INSTANCE_PATH": str(tmp_path / "instance"),
+            "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",  # the fake Saleor listens on loopback
             "PYTHONPATH": str(ROOT),
         }  # fmt: skip
         self.pump: Pump | None = None

@@ -120,7 +120,7 @@ def test_a_worker_process_survives_losing_its_database_connection_while_claiming
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("KLARNA_")},
         "DATABASE_URL": database_url, "KLARNA_APP_SECRET_KEYS": SECRET, "KLARNA_BASE_URL": "http://127.0.0.1:9",
-        "KLARNA_APP_INSTANCE_PATH": str(tmp_path), "PYTHONPATH": str(ROOT),
+        "KLARNA_APP_INSTANCE_PATH": str(tmp_path), "PYTHONPATH": str(ROOT), "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",
     }  # fmt: skip
     log = tmp_path / "worker.log"
     with (

@@ -37,6 +37,8 @@ def test_install_and_capture_through_gunicorn(database_url: str, tmp_path: Path)
         **os.environ, "DATABASE_URL": database_url, "KLARNA_APP_SECRET_KEYS": SECRET, "KLARNA_APP_PUBLIC_URL": public,
         "KLARNA_APP_ENV": "production", "KLARNA_APP_INSTANCE_PATH": str(tmp_path), "KLARNA_BASE_URL": klarna_server.base_url,
         "KLARNA_APP_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
+        # production: a loopback Saleor only through the allowlist and the explicit loopback setting
+        "KLARNA_APP_ALLOWED_SALEOR_URLS": r"re:http://127\.0\.0\.1:[0-9]+/graphql/", "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",
     }  # fmt: skip
     gunicorn = Path(sys.executable).parent / "gunicorn"
     proc = subprocess.Popen([str(gunicorn), "-c", str(ROOT / "gunicorn.conf.py")], env=env, cwd=tmp_path,
@@ -56,7 +58,7 @@ def test_install_and_capture_through_gunicorn(database_url: str, tmp_path: Path)
         # when Saleor installs the app over HTTP and an order ships
         assert saleor.install(f"{public}/api/manifest").ok
         settings = Settings(public_url=public, database_url=database_url, secret_keys=(SECRET,), instance_path=tmp_path,
-                            klarna_base_url=klarna_server.base_url).validated()  # fmt: skip
+                            klarna_base_url=klarna_server.base_url, saleor_allow_loopback=True).validated()  # fmt: skip
         services = Services.build(settings)
         with services.db.transaction() as session:
             services.store.save(

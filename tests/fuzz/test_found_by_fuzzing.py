@@ -103,3 +103,11 @@ def test_an_exception_id_beyond_64_bits_is_not_found_on_sqlite(world: World, act
     # found by test_dashboard_api_never_fails_an_admin_with_a_5xx[sqlite]: OverflowError, a 500
     response = world.client.post(f"{API}/exceptions/9223372036854775808/{action}", headers=_admin(world))
     assert response.status_code < 500, response.get_data()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_double_slash_path_is_refused_not_redirected(world: World) -> None:
+    # found by test_dashboard_api_refuses_every_token_it_must_not_trust: channel "/0" made the path
+    # /api/dashboard/settings//0, which Werkzeug answered with a 308 redirect before any token check
+    response = world.client.post(f"{API}/settings//0", headers=_admin(world), json={})
+    assert 400 <= response.status_code < 500, response.status_code

@@ -38,6 +38,11 @@ def test_register_installs_nothing_without_the_token_saleor_issued(world: World,
         saleor.api_url, saleor.api_url, saleor.api_url.rstrip("/"), saleor.api_url + "x/", saleor.api_url.upper(),
         f"http://127.0.0.1:{saleor.port}/.well-known/jwks.json", "http://127.0.0.1:9/graphql/", "http://127.0.0.1:0/",
         "ftp://127.0.0.1/graphql/", "file:///etc/passwd", "javascript:alert(1)", "http://[::1", "graphql", " ",
+        # issue 11: userinfo, parser confusion, private and metadata addresses (refused before any dial)
+        f"http://attacker:pw@127.0.0.1:{saleor.port}/graphql/", f"http://127.0.0.1:{saleor.port}\\@evil.example/",
+        f"http://127.0.0.1:{saleor.port}/graphql/?x=1", f"http://127.0.0.1:{saleor.port}/graphql/#f",
+        "http://10.0.0.1/graphql/", "http://169.254.169.254/latest/meta-data/", "http://[fd00::1]/graphql/",
+        "http://0.0.0.0:9/graphql/", "HTTP://127.0.0.1:9/graphql/", "http://127.0.0.1:99999/graphql/",
     ]) | printable.filter(lambda u: "://" not in u)  # fmt: skip
     forged_tokens = st.one_of(
         st.text(max_size=60),

@@ -80,6 +80,7 @@ def _handle(action: ActionKind | None):  # type: ignore[no-untyped-def]
             # Saleor would retry with an empty body that no longer names the request: say it failed.
             return _failure(action, "The app could not check the request just now; nothing was done. Try again.")
         return error
+    assert verified is not None  # _verified gives either the values or the error
     installation, raw, event = verified
     try:
         parsed = parse_transaction_action(raw, event)

@@ -158,7 +158,7 @@ def register() -> ResponseReturnValue:
         jwks_text = services.fetch_jwks(saleor_api_url)
         if not jws.valid_jwks(jwks_text):
             raise ValueError("no RSA key")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any failure to fetch or read the JWKS refuses the install
         logger.warning("install refused: no JWKS", extra={"saleor_api_url": saleor_api_url})
         return _register_error(401, "JWKS_NOT_AVAILABLE", "Can't fetch the remote JWKS.")
     with services.db.transaction() as session:
@@ -314,4 +314,4 @@ def app_deleted() -> ResponseReturnValue:
 __all__ = ["ORDER_EVENTS", "bp", "build_manifest"]
 
 # The dashboard's payment buttons live in their own module; importing it registers its route on bp.
-from webhooks import transactions as _transactions  # noqa: E402, F401
+from webhooks import transactions as _transactions  # noqa: E402, F401 - imported last for its side effect: it registers its route on bp

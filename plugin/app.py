@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -204,15 +205,18 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     log_requests(app)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").upper().replace(" ", "_")
-        return jsonify(error={"type": code, "message": exc.description}), exc.code
+        response = jsonify(error={"type": code, "message": exc.description})
+        if exc.code is not None:  # as Flask treats a (body, None) pair: the body's own status
+            response.status_code = exc.code
+        return response
 
     # Only a database that cannot be reached is "retry later"; any other database error is a bug
     # (inputs are validated at the edges) and stays a 500.
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
-    def _database_down(exc: Exception):  # type: ignore[no-untyped-def]
+    def _database_down(exc: Exception) -> tuple[Response, int]:
         logger.error("database unavailable", extra={"error": exc.__class__.__name__})
         response = jsonify(
             error={"type": "DATABASE_UNAVAILABLE", "message": "The database is unavailable; retry later."}
@@ -221,12 +225,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return response, 503
 
     @app.get("/healthz")
-    def healthz():  # type: ignore[no-untyped-def]
+    def healthz() -> ResponseReturnValue:
         """The process is up."""
         return jsonify(ok=True)
 
     @app.get("/readyz")
-    def readyz():  # type: ignore[no-untyped-def]
+    def readyz() -> ResponseReturnValue:
         """The database answers and its schema is at the code's migration head."""
         try:
             services.db.check_migrated()
@@ -235,7 +239,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return jsonify(ready=True)
 
     @app.get("/metrics")
-    def metrics():  # type: ignore[no-untyped-def]
+    def metrics() -> ResponseReturnValue:
         # With KLARNA_APP_METRICS_TOKEN set, only for ``Authorization: Bearer <token>``.
         expected = settings.metrics_token
         if expected:
@@ -249,4 +253,5 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
 
 def services_of(app: Flask) -> Services:
-    return app.extensions["klarna_om"]  # type: ignore[no-any-return]
+    services: Services = app.extensions["klarna_om"]
+    return services

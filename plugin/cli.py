@@ -11,11 +11,12 @@ import time
 from dataclasses import replace
 from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import IO, Any
 
 import click
 from sqlalchemy import select
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from plugin.app import Services, create_app
 from plugin.db import NotMigratedError
@@ -257,7 +258,7 @@ SALEOR_URL_HELP = (
 )
 
 
-def _installation(session, saleor_api_url: str | None) -> Installation:  # type: ignore[no-untyped-def]
+def _installation(session: Session, saleor_api_url: str | None) -> Installation:
     rows = session.scalars(select(Installation)).all()
     installed = ", ".join(r.saleor_api_url for r in rows) or "none"
     if saleor_api_url:
@@ -267,11 +268,11 @@ def _installation(session, saleor_api_url: str | None) -> Installation:  # type:
             raise click.ClickException(
                 f"this Saleor has not installed the app yet: {saleor_api_url} (installed: {installed})"
             )
-        return match[0]  # type: ignore[no-any-return]  # (untyped session: SQLAlchemy rows)
+        return match[0]
     if len(rows) != 1:
         hint = "no Saleor has installed the app yet" if not rows else f"installed: {installed}"
         raise click.ClickException(f"pick one installation with --saleor-api-url ({hint})")
-    return rows[0]  # type: ignore[no-any-return]  # (untyped session: SQLAlchemy rows)
+    return rows[0]
 
 
 @main.group("settings")
@@ -301,7 +302,7 @@ def settings_export(saleor_api_url: str | None) -> None:
     help=SALEOR_URL_HELP + " Default: the file's saleor_api_url. A Saleor that has not installed the app "
     "yet gets the settings when it installs it.",
 )
-def settings_import(file, saleor_api_url: str | None) -> None:  # type: ignore[no-untyped-def]
+def settings_import(file: IO[str], saleor_api_url: str | None) -> None:
     """Validate and store settings from FILE (the export format, passwords optional)."""
     try:
         doc = json.load(file)

@@ -212,7 +212,7 @@ class _BoundedConnectionMixin:
         try:
             infos = socket.getaddrinfo(host, self.port, 0, socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise NameResolutionError(host, self, exc) from exc  # type: ignore[arg-type]
+            raise NameResolutionError(host, self, exc) from exc  # type: ignore[arg-type]  # the mixin is an HTTPConnection at runtime
         error: OSError | None = None
         refused = []
         for family, kind, proto, _, address in infos:
@@ -237,16 +237,16 @@ class _BoundedConnectionMixin:
                 sock.close()
                 error = exc
         if error is None and refused:
-            raise AddressRefused(self, f"{host} resolves only to refused addresses ({', '.join(sorted(set(refused)))})")  # type: ignore[arg-type]
-        raise NewConnectionError(self, f"Failed to establish a new connection: {error}")  # type: ignore[arg-type]
+            raise AddressRefused(self, f"{host} resolves only to refused addresses ({', '.join(sorted(set(refused)))})")  # type: ignore[arg-type]  # the mixin is an HTTPConnection at runtime
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}")  # type: ignore[arg-type]  # the mixin is an HTTPConnection at runtime
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         call = _active_call()
         if call is not None:
             if self.sock is None:
-                self.connect()  # type: ignore[attr-defined]
+                self.connect()  # type: ignore[attr-defined]  # HTTPConnection.connect, after this mixin in the MRO
             call.track(self.sock)
-        super().request(*args, **kwargs)  # type: ignore[misc]
+        super().request(*args, **kwargs)  # type: ignore[misc]  # HTTPConnection.request, after this mixin in the MRO
 
 
 @functools.lru_cache(maxsize=16)

@@ -52,7 +52,7 @@ def render(db: Any) -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
     else:
         for collector in (WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, JOB_RUNS, KLARNA_CALLS, KLARNA_LATENCY):
             registry.register(collector)

@@ -225,11 +225,11 @@ def _positive(value: str, default: T, name: str, kind: type[T]) -> T:
     if not value:
         return default
     try:
-        number = kind(value)  # type: ignore[call-arg]
+        number = kind(value)
     except ValueError:
         noun = "an integer" if kind is int else "a number"
         raise ConfigError(f"{PREFIX}{name} must be {noun}, got {value!r}") from None
-    if not number > 0:  # type: ignore[operator]
+    if not number > 0:
         raise ConfigError(f"{PREFIX}{name} must be positive")
     return number
 

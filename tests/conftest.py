@@ -104,10 +104,10 @@ def services(settings: Settings) -> Iterator[Services]:
 
 
 @pytest.fixture
-def app(services: Services):  # type: ignore[no-untyped-def]
+def app(services: Services):  # type: ignore[no-untyped-def]  # a pytest fixture yielding the Flask app
     return create_app(services=services)
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app):  # type: ignore[no-untyped-def]  # a pytest fixture over the app fixture
     return app.test_client()

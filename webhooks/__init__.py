@@ -11,9 +11,10 @@ import json
 import logging
 from datetime import timedelta
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import Connection, bindparam, insert, select
 
 from plugin.db.models import Delivery, utcnow
@@ -24,6 +25,9 @@ from plugin.saleor.client import TokenRefused
 from plugin.services import installations, queue
 from plugin.services.installations import RefetchThrottled
 from webhooks.payloads import PayloadError, parse_app_deleted, parse_order_event
+
+if TYPE_CHECKING:  # plugin.app imports this package while it builds the app
+    from plugin.app import Services
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -38,14 +42,16 @@ _RECORD_DELIVERY = insert(Delivery)  # built once: the hot path runs it on every
 APP_DELETED_PATH = "/api/webhooks/app-deleted"
 
 
-def _services():  # type: ignore[no-untyped-def]
-    return current_app.extensions["klarna_om"]
+def _services() -> Services:
+    services: Services = current_app.extensions["klarna_om"]
+    return services
 
 
 def static_manifest() -> dict[str, Any]:
     """The top-level manifest.json (shipped inside this package as a link to it)."""
     text = resources.files("webhooks").joinpath("manifest.json").read_text()
-    return json.loads(text)  # type: ignore[no-any-return]
+    manifest: dict[str, Any] = json.loads(text)
+    return manifest
 
 
 def _version(header: str) -> tuple[int, int]:
@@ -85,23 +91,23 @@ def build_manifest(public_base: str, schema_version: str = "") -> dict[str, Any]
 
 
 @bp.get("/api/manifest")
-def manifest():  # type: ignore[no-untyped-def]
+def manifest() -> ResponseReturnValue:
     version = request.headers.get("Saleor-Schema-Version", "")
     return jsonify(build_manifest(_services().settings.public_base, version))
 
 
 @bp.get("/logo.png")
-def logo():  # type: ignore[no-untyped-def]
+def logo() -> ResponseReturnValue:
     data = resources.files("webhooks").joinpath("logo.png").read_bytes()
     return current_app.response_class(data, mimetype="image/png")
 
 
-def _register_error(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+def _register_error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify(success=False, error={"code": code, "message": message}), status
 
 
 @bp.post("/api/register")
-def register():  # type: ignore[no-untyped-def]
+def register() -> ResponseReturnValue:
     """app-sdk's register handler, hardened (issue 11): parse and clean the URL, allowlist, bound
     the rate and the installations per host, prove the token, refuse to replace a live
     installation of another app, fetch the JWKS, store without deleting anything."""
@@ -152,7 +158,7 @@ def register():  # type: ignore[no-untyped-def]
         jwks_text = services.fetch_jwks(saleor_api_url)
         if not jws.valid_jwks(jwks_text):
             raise ValueError("no RSA key")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any failure to fetch or read the JWKS refuses the install
         logger.warning("install refused: no JWKS", extra={"saleor_api_url": saleor_api_url})
         return _register_error(401, "JWKS_NOT_AVAILABLE", "Can't fetch the remote JWKS.")
     with services.db.transaction() as session:
@@ -163,7 +169,9 @@ def register():  # type: ignore[no-untyped-def]
     return jsonify(success=True)
 
 
-def _still_installed(services, saleor_api_url: str, existing: installations.Stored):  # type: ignore[no-untyped-def]
+def _still_installed(
+    services: Services, saleor_api_url: str, existing: installations.Stored
+) -> tuple[Response, int] | None:
     """A register for another app may replace the installation only once Saleor has revoked the
     stored token (a real reinstall deletes the app first). None when the replace may go ahead."""
     try:
@@ -183,12 +191,14 @@ def _still_installed(services, saleor_api_url: str, existing: installations.Stor
     )
 
 
-def _webhook_error(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+def _webhook_error(status: int, code: str, message: str) -> tuple[Response, int]:
     WEBHOOKS_REJECTED.labels(code).inc()
     return jsonify(error={"type": code, "message": message}), status
 
 
-def _verified(expected_events: tuple[str, ...], conn: Connection | None = None):  # type: ignore[no-untyped-def]
+def _verified(
+    expected_events: tuple[str, ...], conn: Connection | None = None
+) -> tuple[tuple[installations.Keys, bytes, str] | None, tuple[Response, int] | None]:
     """Headers, installation, signature: (installation, raw body, event) or an error response.
 
     ``conn``: read the installation on this connection (the caller's, which records the delivery).
@@ -216,6 +226,7 @@ def _verified(expected_events: tuple[str, ...], conn: Connection | None = None):
     if installation is None:
         return None, _webhook_error(401, "NOT_REGISTERED", "The app is not installed in this Saleor")
     try:
+        assert services.jwks_verifier is not None  # Services.build sets it
         services.jwks_verifier.verify(installation, lambda text: jws.verify_detached(signature, raw, text))
     except RefetchThrottled:
         return None, _webhook_error(503, "JWKS_REFRESH_PENDING", "Unknown signing key; retry shortly")
@@ -237,7 +248,7 @@ def delivery_digest(saleor_api_url: str, event: str, raw: bytes) -> str:
 
 
 @bp.post(ORDER_EVENTS_PATH)
-def order_events():  # type: ignore[no-untyped-def]
+def order_events() -> ResponseReturnValue:
     """Verify, record the delivery and enqueue the order's sync in one transaction, answer 200.
 
     One pooled connection serves the installation's keys and the write (one checkout, one ping):
@@ -248,6 +259,7 @@ def order_events():  # type: ignore[no-untyped-def]
         verified, error = _verified(ORDER_EVENTS, conn)
         if error is not None:
             return error
+        assert verified is not None  # _verified gives either the values or the error
         installation, raw, event = verified
         try:
             parsed = parse_order_event(raw)
@@ -281,10 +293,11 @@ def order_events():  # type: ignore[no-untyped-def]
 
 
 @bp.post(APP_DELETED_PATH)
-def app_deleted():  # type: ignore[no-untyped-def]
+def app_deleted() -> ResponseReturnValue:
     verified, error = _verified(("APP_DELETED",))
     if error is not None:
         return error
+    assert verified is not None  # _verified gives either the values or the error
     installation, raw, _ = verified
     try:
         app_id = parse_app_deleted(raw)
@@ -301,4 +314,4 @@ def app_deleted():  # type: ignore[no-untyped-def]
 __all__ = ["ORDER_EVENTS", "bp", "build_manifest"]
 
 # The dashboard's payment buttons live in their own module; importing it registers its route on bp.
-from webhooks import transactions as _transactions  # noqa: E402, F401
+from webhooks import transactions as _transactions  # noqa: E402, F401 - imported last for its side effect: it registers its route on bp

@@ -69,9 +69,10 @@ def parse_order_event(body: bytes) -> OrderEvent:
 def parse_app_deleted(body: bytes) -> str:
     """APP_DELETED arrives as {"app": {"id": …}} (no __typename)."""
     app = _object(body).get("app")
-    if not isinstance(app, dict) or not isinstance(app.get("id"), str):
+    app_id = app.get("id") if isinstance(app, dict) else None
+    if not isinstance(app_id, str):
         raise PayloadError("app.id missing")
-    return app["id"]
+    return app_id
 
 
 # -- TRANSACTION_*_REQUESTED (our subscription in manifest.json, "Klarna OM transaction actions") ---

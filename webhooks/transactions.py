@@ -21,7 +21,8 @@ import functools
 import logging
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -38,7 +39,7 @@ TRANSACTION_ACTIONS_PATH = "/api/webhooks/transaction-actions"
 TRANSACTION_EVENTS = tuple(name.upper() for name in ACTION_EVENTS)
 
 
-def _failure(action: ActionKind, message: str, status: int = 200):  # type: ignore[no-untyped-def]
+def _failure(action: ActionKind, message: str, status: int = 200) -> tuple[Response, int]:
     """A result Saleor stores as the request's *_FAILURE event (pspReference is optional there)."""
     return jsonify(result=FAILURE_EVENT[action].value, message=message[:512]), status
 
@@ -55,7 +56,7 @@ def _me(app_id: str) -> AppRef:
 
 
 @bp.post(TRANSACTION_ACTIONS_PATH)
-def transaction_actions():  # type: ignore[no-untyped-def]
+def transaction_actions() -> ResponseReturnValue:
     action = ACTION_EVENTS.get(request.headers.get("Saleor-Event", "").lower())
     try:
         return _handle(action)
@@ -66,7 +67,7 @@ def transaction_actions():  # type: ignore[no-untyped-def]
         return _failure(action, "The app failed to take the request; nothing was done. Try again.")
 
 
-def _handle(action: ActionKind | None):  # type: ignore[no-untyped-def]
+def _handle(action: ActionKind | None) -> ResponseReturnValue:
     if action is not None and not request.get_data(cache=True):
         # Saleor's retry after a 5xx: the body is gone, so the request cannot be told apart. Nothing
         # is recorded; the failure tells the merchant to press the button again.
@@ -80,6 +81,7 @@ def _handle(action: ActionKind | None):  # type: ignore[no-untyped-def]
             # Saleor would retry with an empty body that no longer names the request: say it failed.
             return _failure(action, "The app could not check the request just now; nothing was done. Try again.")
         return error
+    assert verified is not None  # _verified gives either the values or the error
     installation, raw, event = verified
     try:
         parsed = parse_transaction_action(raw, event)

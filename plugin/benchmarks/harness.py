@@ -354,7 +354,7 @@ class Bench:
                 return []
             if self.quiet:
                 return []
-            return original(order, event, principal, **fields)  # type: ignore[no-any-return]
+            return original(order, event, principal, **fields)  # type: ignore[no-any-return]  # the fake's bound method, saved untyped
 
         saleor._emit = emit
         self._original_emit = original
@@ -499,7 +499,7 @@ class Bench:
 
         def pool_max(**kwargs: int) -> int:
             engine = make_engine(database_url, **kwargs)
-            size: int = engine.pool.size() + max(0, int(getattr(engine.pool, "_max_overflow", 0)))  # type: ignore[attr-defined]
+            size: int = engine.pool.size() + max(0, int(getattr(engine.pool, "_max_overflow", 0)))  # type: ignore[attr-defined]  # QueuePool.size(), not on the Pool base type
             engine.dispose()
             return size
 

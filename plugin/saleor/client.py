@@ -268,7 +268,8 @@ class SaleorClient:
                 self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]  # gql leaves it unannotated
             try:
                 request = _Request(document, variables)
-                return self._session.execute(request)  # type: ignore[no-any-return]
+                result: dict[str, Any] = self._session.execute(request)
+                return result
             except TransportQueryError as exc:
                 raise SaleorError(f"GraphQL error: {exc.errors}") from None
             except (TransportError, requests.RequestException) as exc:

@@ -79,7 +79,7 @@ def verify_detached(signature: str, body: bytes, jwks_text: str) -> str:
         raise MalformedSignature("expected an unencoded (b64=false) payload")
     kid = header.get("kid")
     key = public_keys(jwks_text).get(kid) if isinstance(kid, str) else None
-    if key is None:
+    if key is None or not isinstance(kid, str):
         raise UnknownKey(f"no key {kid!r} in the JWKS")
     try:
         key.verify(b64url_decode(sig_b64), header_b64.encode() + b"." + body, padding.PKCS1v15(), hashes.SHA256())

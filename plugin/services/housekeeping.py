@@ -52,7 +52,7 @@ def _delete_batches(db: Database, model: type[Delivery] | type[Job], ids: Select
             if not batch:
                 break
             # The id list, with the condition repeated: a row touched since the select stays.
-            session.execute(delete(model).where(model.id.in_(batch), ids.whereclause))  # type: ignore[arg-type]
+            session.execute(delete(model).where(model.id.in_(batch), ids.whereclause))  # type: ignore[arg-type]  # Optional in SQLAlchemy's types; ids always has a WHERE
         total += len(batch)
         if len(batch) < BATCH:
             break

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, and_, bindparam, case, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, CursorResult, and_, bindparam, case, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from plugin.db.models import Job, UTCDateTime, utcnow
@@ -53,7 +53,7 @@ def run_now(session: Session, saleor_api_url: str, order_id: str) -> None:
     )
 
 
-def _due(now: datetime):  # type: ignore[no-untyped-def]
+def _due(now: datetime) -> ColumnElement[bool]:
     return and_(
         Job.requested_seq > Job.done_seq,
         Job.run_after <= now,

@@ -111,14 +111,16 @@ _ROUTE_RES = [(m, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", t) + "
 
 @cache
 def load_spec() -> dict[str, Any]:
-    return json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+    spec: dict[str, Any] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+    return spec
 
 
 def _resolve(ref: str) -> dict[str, Any]:
     node: Any = load_spec()
     for part in ref.removeprefix("#/").split("/"):
         node = node[part]
-    return node
+    resolved: dict[str, Any] = node
+    return resolved
 
 
 _DROPPED_KEYS = {
@@ -146,7 +148,10 @@ def _to_json_schema(node: Any, *, request: bool, closed: bool, seen: tuple[str, 
         if node["$ref"] in seen:  # recursive schema: accept anything below this point
             return {}
         return _to_json_schema(_resolve(node["$ref"]), request=request, closed=closed, seen=(*seen, node["$ref"]))
-    conv = lambda n: _to_json_schema(n, request=request, closed=closed, seen=seen)  # noqa: E731
+
+    def conv(n: Any) -> Any:
+        return _to_json_schema(n, request=request, closed=closed, seen=seen)
+
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROPPED_KEYS or key.startswith("x-"):
@@ -324,7 +329,9 @@ class FakeKlarna:
         self._lock = threading.RLock()
         self._orders: dict[str, dict[str, Any]] = {}
         self._faults: list[_Fault] = []
-        self._idempotency: dict[tuple[str, str], _Stored] = {}
+        self._idempotency: dict[
+            tuple[str, str | None], _Stored
+        ] = {}  # (username, Idempotency-Key); only requests that sent a key are stored
         self._counts: Counter[str] = Counter()
         self._window: deque[float] = deque()
 
@@ -335,7 +342,7 @@ class FakeKlarna:
         *,
         order_amount: int,
         currency: str = "USD",
-        order_lines: list[dict] | None = None,
+        order_lines: list[dict[str, Any]] | None = None,
         fraud_status: str = "ACCEPTED",
         expires_at: datetime | None = None,
         order_id: str | None = None,
@@ -469,7 +476,7 @@ class FakeKlarna:
 
     # ------------------------------------------------------------------ WSGI
 
-    def wsgi_app(self, environ: dict[str, Any], start_response: Callable) -> Any:
+    def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
         raw = request.get_data(cache=True)
         try:
@@ -630,9 +637,10 @@ class FakeKlarna:
         return order
 
     def _expired(self, order: dict[str, Any]) -> bool:
-        return order["status"] == "EXPIRED" or (
+        expired: bool = order["status"] == "EXPIRED" or (
             order["status"] == "PART_CAPTURED" and self.now() >= order["expires_at"]
         )
+        return expired
 
     # ------------------------------------------------------------------ views
 
@@ -674,23 +682,23 @@ class FakeKlarna:
 
     # ------------------------------------------------------------------ operations
 
-    def _get_order(self, o, body, match, request):
+    def _get_order(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
         return 200, [], self._order_view(o)
 
-    def _get_captures(self, o, body, match, request):
+    def _get_captures(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
         return 200, [], copy.deepcopy(o["captures"])
 
-    def _get_capture(self, o, body, match, request):
+    def _get_capture(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
         return (
             200,
             [],
             copy.deepcopy(self._find(o["captures"], "capture_id", match["capture_id"], "NO_SUCH_CAPTURE", "Capture")),
         )
 
-    def _get_refund(self, o, body, match, request):
+    def _get_refund(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None) -> _Answer:
         return 200, [], copy.deepcopy(self._find(o["refunds"], "refund_id", match["refund_id"], "NOT_FOUND", "Refund"))
 
-    def _capture(self, o, body, match, request):
+    def _capture(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request) -> _Answer:
         capture_id = self._do_capture(o, body)
         location = f"{request.host_url.rstrip('/')}{request.path}/{capture_id}"
         return 201, [("Capture-Id", capture_id), ("Location", location)], None
@@ -727,18 +735,22 @@ class FakeKlarna:
         self._counts["captures"] += 1
         return capture_id
 
-    def _capture_shipping_info(self, o, body, match, request):
+    def _capture_shipping_info(
+        self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None
+    ) -> _Answer:
         capture = self._find(o["captures"], "capture_id", match["capture_id"], "NO_SUCH_CAPTURE", "Capture")
         capture["shipping_info"].extend(copy.deepcopy(body["shipping_info"]))
         self._counts["shipping_infos"] += 1
         return 204, [], None
 
-    def _order_shipping_info(self, o, body, match, request):
+    def _order_shipping_info(
+        self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request | None
+    ) -> _Answer:
         o["shipping_info"].extend(copy.deepcopy(body["shipping_info"]))
         self._counts["shipping_infos"] += 1
         return 204, [], None
 
-    def _refund(self, o, body, match, request):
+    def _refund(self, o: dict[str, Any], body: Any, match: dict[str, str], request: Request) -> _Answer:
         refund_id = self._do_refund(o, body)
         location = f"{request.host_url.rstrip('/')}{request.path}/{refund_id}"
         return 201, [("Refund-Id", refund_id), ("Location", location)], None
@@ -759,15 +771,14 @@ class FakeKlarna:
             capture["refunded_amount"] += part
             left -= part
         refund_id = str(uuid.uuid4())
-        o["refunds"].append(
-            {
-                "refund_id": refund_id,
-                "refunded_amount": amount,
-                "refunded_at": _iso(self.now()),
-                **{k: body[k] for k in ("description", "reference") if k in body},
-                "order_lines": copy.deepcopy(body.get("order_lines", [])),
-            }
-        )
+        refund: dict[str, Any] = {
+            "refund_id": refund_id,
+            "refunded_amount": amount,
+            "refunded_at": _iso(self.now()),
+            **{k: body[k] for k in ("description", "reference") if k in body},
+            "order_lines": copy.deepcopy(body.get("order_lines", [])),
+        }
+        o["refunds"].append(refund)
         o["refunded_amount"] += amount
         self._counts["refunds"] += 1
         return refund_id

@@ -50,13 +50,13 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import graphql
 import jwt
@@ -134,7 +134,7 @@ def __getattr__(name: str) -> Any:  # module attribute SCHEMA, built on first us
 class Delivery:
     event: str  # upper case, e.g. "ORDER_UPDATED"
     target_url: str
-    headers: dict
+    headers: dict[str, Any]
     body: bytes
 
 
@@ -187,7 +187,7 @@ def _dec(value: object) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def _money(amount: Decimal, currency: str) -> dict:
+def _money(amount: Decimal, currency: str) -> dict[str, Any]:
     digits = CURRENCY_DIGITS.get(currency, 2)
     return {
         "amount": float(amount),
@@ -197,7 +197,7 @@ def _money(amount: Decimal, currency: str) -> dict:
     }
 
 
-def _taxed(gross: Decimal, net: Decimal, currency: str) -> dict:
+def _taxed(gross: Decimal, net: Decimal, currency: str) -> dict[str, Any]:
     return {
         "currency": currency,
         "gross": _money(gross, currency),
@@ -206,14 +206,14 @@ def _taxed(gross: Decimal, net: Decimal, currency: str) -> dict:
     }
 
 
-def _meta_fields(public: dict, private: dict) -> dict:
+def _meta_fields(public: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
     """metadata/privateMetadata lists (PostgreSQL jsonb key order) and the metafield resolvers."""
     public, private = dict(public), dict(private)  # a snapshot
 
-    def as_list(meta: dict) -> list:
+    def as_list(meta: dict[str, Any]) -> list[Any]:
         return [{"key": k, "value": meta[k]} for k in sorted(meta, key=lambda k: (len(k.encode()), k.encode()))]
 
-    def pick(meta: dict, keys: list | None) -> dict:
+    def pick(meta: dict[str, Any], keys: list[Any] | None) -> dict[str, Any]:
         return {k: v for k, v in meta.items() if keys is None or k in keys}
 
     return {
@@ -244,10 +244,11 @@ def _event_typename(event: str) -> str:
 
 
 def _enum_names(type_name: str) -> set[str]:
-    return set(get_schema().get_type(type_name).values)
+    enum = cast(graphql.GraphQLEnumType, get_schema().get_type(type_name))
+    return set(enum.values)
 
 
-def _format_error(error: graphql.GraphQLError) -> dict:
+def _format_error(error: graphql.GraphQLError) -> dict[str, Any]:
     formatted = dict(error.formatted)
     original = error.original_error
     # graphql-core wraps a null in a non-null field around a TypeError; Saleor reports it as a GraphQLError (49-*).
@@ -257,14 +258,18 @@ def _format_error(error: graphql.GraphQLError) -> dict:
     return formatted
 
 
-def requests_transport(method: str, url: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
+def requests_transport(
+    method: str, url: str, headers: dict[str, Any], body: bytes | None
+) -> tuple[int, dict[str, Any], bytes]:
     """Real HTTP like Saleor: (2 s, 18 s) timeout, no redirects."""
     with requests.Session() as session:
         response = session.request(method, url, headers=headers, data=body, timeout=(2, 18), allow_redirects=False)
         return response.status_code, dict(response.headers), response.content
 
 
-def wsgi_transport(wsgi_app: Callable) -> Callable[[str, str, dict, bytes | None], tuple[int, dict, bytes]]:
+def wsgi_transport(
+    wsgi_app: Callable[..., Any],
+) -> Callable[[str, str, dict[str, Any], bytes | None], tuple[int, dict[str, Any], bytes]]:
     """An ``app_transport`` that calls a WSGI app (e.g. ``flask_app.wsgi_app``) in-process."""
     from urllib.parse import urlsplit
 
@@ -272,7 +277,9 @@ def wsgi_transport(wsgi_app: Callable) -> Callable[[str, str, dict, bytes | None
 
     client = Client(wsgi_app)
 
-    def transport(method: str, url: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
+    def transport(
+        method: str, url: str, headers: dict[str, Any], body: bytes | None
+    ) -> tuple[int, dict[str, Any], bytes]:
         parts = urlsplit(url)
         response = client.open(
             parts.path,
@@ -335,28 +342,33 @@ def check_subscription(query: str) -> tuple[graphql.DocumentNode, str, list[str]
 class FakeSaleor:
     has_order_note_add: bool = True  # False: behave like Saleor < 3.15 (orderAddNote only)
     fulfillment_allow_unpaid: bool = True  # shop.fulfillmentAllowUnpaid (DESIGN §7)
-    channels: tuple[dict, ...] = ({"slug": "default-channel", "name": "Default Channel", "currencyCode": "USD"},)
+    channels: tuple[dict[str, Any], ...] = (
+        {"slug": "default-channel", "name": "Default Channel", "currencyCode": "USD"},
+    )
 
     def __init__(
-        self, *, app_transport: Callable[[str, str, dict, bytes | None], tuple[int, dict, bytes]] | None = None
+        self,
+        *,
+        app_transport: Callable[[str, str, dict[str, Any], bytes | None], tuple[int, dict[str, Any], bytes]]
+        | None = None,
     ):
         self.app_transport = app_transport or requests_transport
         self.auto_deliver = True
         self.outbox: list[Delivery] = []
         self.delivered: list[tuple[Delivery, int]] = []
-        self.graphql_requests: list[dict] = []
+        self.graphql_requests: list[dict[str, Any]] = []
         self.app_id: str | None = None
         self.app_token: str | None = None
-        self.manifest: dict | None = None
+        self.manifest: dict[str, Any] | None = None
         self.manifest_url: str | None = None
         self.app_permissions: list[str] = []
-        self.app_metadata: tuple[dict, dict] = ({}, {})
+        self.app_metadata: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self._active_token: str | None = None
         self._other_apps: dict[str, dict[str, str]] = {}  # token -> {"id", "name"}: other apps installed here
         self._installed = False
-        self._webhooks: list[dict] = []  # manifest webhooks + parsed document, top field, events
+        self._webhooks: list[dict[str, Any]] = []  # manifest webhooks + parsed document, top field, events
         self._extension_ids: list[str] = []
-        self._orders: dict[str, dict] = {}
+        self._orders: dict[str, dict[str, Any]] = {}
         self._counters: dict[str, int] = {}
         self._user_token_key = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(12))
         self._lock = threading.RLock()
@@ -390,7 +402,7 @@ class FakeSaleor:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def wsgi_app(self, environ: dict, start_response: Callable) -> Any:
+    def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
         if request.path == "/graphql/":
             if request.method != "POST":
@@ -430,8 +442,8 @@ class FakeSaleor:
     def mint_token(
         self,
         *,
-        permissions=("MANAGE_ORDERS",),
-        user_permissions=("MANAGE_ORDERS",),
+        permissions: Iterable[str] = ("MANAGE_ORDERS",),
+        user_permissions: Iterable[str] = ("MANAGE_ORDERS",),
         ttl: int = 300,
         app_id: str | None = None,
         app_extension: str | None = None,
@@ -461,12 +473,12 @@ class FakeSaleor:
 
     # -- install / uninstall -----------------------------------------------------------------
 
-    def install(self, manifest_url: str, *, permissions=("MANAGE_ORDERS",)) -> InstallResult:
+    def install(self, manifest_url: str, *, permissions: Iterable[str] = ("MANAGE_ORDERS",)) -> InstallResult:
         def failed(status: int, message: str | None, app_id: str = "", token: str = "") -> InstallResult:
             return InstallResult(False, status, app_id, token, message)
 
         if self._installed:
-            return failed(0, f"App with the same identifier is already installed: {self.manifest.get('name')}")
+            return failed(0, f"App with the same identifier is already installed: {(self.manifest or {}).get('name')}")
         headers = {**BASE_HEADERS, "Saleor-Schema-Version": SCHEMA_VERSION}
         try:
             status, _, body = self.app_transport("GET", manifest_url, headers, None)
@@ -543,7 +555,7 @@ class FakeSaleor:
             self.app_id = self.app_token = self.manifest = None
             self._webhooks = []
 
-    def _check_manifest(self, manifest: object, permissions: list[str]) -> list[dict]:
+    def _check_manifest(self, manifest: object, permissions: list[str]) -> list[dict[str, Any]]:
         """A rough copy of Saleor's clean_manifest_data; raises ValueError with Saleor's message."""
         if not isinstance(manifest, dict):
             raise ValueError("Incorrect structure of manifest.")
@@ -620,12 +632,12 @@ class FakeSaleor:
             else:
                 self.outbox.append(delivery)
 
-    def _deliveries(self, event: str, event_obj: dict, webhooks: list[dict]) -> list[Delivery]:
+    def _deliveries(self, event: str, event_obj: dict[str, Any], webhooks: list[dict[str, Any]]) -> list[Delivery]:
         result = []
         for hook in webhooks:
             if event not in hook["events"] or not hook.get("isActive", True):
                 continue
-            executed = graphql.execute(get_schema(), hook["document"], root_value={hook["top"]: event_obj})
+            executed = graphql.execute_sync(get_schema(), hook["document"], root_value={hook["top"]: event_obj})
             data = executed.data or {}
             payload = data.get("event") if hook["top"] == "event" else {"data": data}
             if executed.errors:
@@ -646,7 +658,9 @@ class FakeSaleor:
             result.append(Delivery(event, hook["targetUrl"], headers, body))
         return result
 
-    def _emit(self, order: dict, event: str, principal: dict | None, **fields: Any) -> list[Delivery]:
+    def _emit(
+        self, order: dict[str, Any], event: str, principal: dict[str, Any] | None, **fields: Any
+    ) -> list[Delivery]:
         """Build the deliveries of one order event (call with the lock held)."""
         if not self._installed:
             return []
@@ -667,7 +681,7 @@ class FakeSaleor:
         self._counters[kind] = self._counters.get(kind, 0) + 1
         return self._counters[kind]
 
-    def _get(self, order_id: str) -> dict:
+    def _get(self, order_id: str) -> dict[str, Any]:
         try:
             return self._orders[order_id]
         except KeyError:
@@ -676,7 +690,7 @@ class FakeSaleor:
     def create_order(
         self,
         *,
-        lines: list[dict],
+        lines: list[dict[str, Any]],
         currency: str = "USD",
         shipping_gross: str = "0.00",
         shipping_net: str | None = None,
@@ -712,7 +726,7 @@ class FakeSaleor:
             if total_gross is not None:  # an order-level discount: same tax, lower gross
                 net, gross = _dec(total_gross) - (gross - net), _dec(total_gross)
             created = now_iso()
-            order = {
+            order: dict[str, Any] = {
                 "id": gid("Order", uuid.uuid4()),
                 "number": str(number if number is not None else self._next("Order")),
                 "status": "UNFULFILLED",
@@ -780,9 +794,11 @@ class FakeSaleor:
                 order, "ORDER_CONFIRMED", STAFF_USER
             )
         self._dispatch(deliveries)
-        return order["id"]
+        return str(order["id"])
 
-    def _tx_event(self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict | None) -> dict:
+    def _tx_event(
+        self, type_: str, psp: str, amount: Decimal, message: str, created_by: dict[str, Any] | None
+    ) -> dict[str, Any]:
         return {
             "id": gid("TransactionEvent", self._next("TransactionEvent")),
             "type": type_,
@@ -793,7 +809,9 @@ class FakeSaleor:
             "created_by": created_by,
         }
 
-    def _new_fulfillment(self, order: dict, status: str, tracking: str, lines: list[tuple[str, int]]) -> dict:
+    def _new_fulfillment(
+        self, order: dict[str, Any], status: str, tracking: str, lines: list[tuple[str, int]]
+    ) -> dict[str, Any]:
         order["fulfillment_order"] += 1
         fulfillment = {
             "id": gid("Fulfillment", self._next("Fulfillment")),
@@ -812,7 +830,7 @@ class FakeSaleor:
         return fulfillment
 
     @staticmethod
-    def _update_status(order: dict) -> None:
+    def _update_status(order: dict[str, Any]) -> None:
         """saleor.order.utils.update_order_status."""
         total = sum(ln["quantity"] for ln in order["lines"])
         fulfilled = sum(ln["quantity_fulfilled"] for ln in order["lines"])
@@ -835,7 +853,8 @@ class FakeSaleor:
             order["status"] = "FULFILLED"
         order["updated_at"] = now_iso()
 
-    def _fulfillment(self, order: dict, fulfillment_id: str) -> dict:
+    def _fulfillment(self, order: dict[str, Any], fulfillment_id: str) -> dict[str, Any]:
+        fulfillment: dict[str, Any]
         for fulfillment in order["fulfillments"]:
             if fulfillment["id"] == fulfillment_id:
                 return fulfillment
@@ -871,7 +890,7 @@ class FakeSaleor:
             else:
                 deliveries += self._emit(order, "ORDER_UPDATED", STAFF_USER)
         self._dispatch(deliveries)
-        return fulfillment["id"]
+        return str(fulfillment["id"])
 
     def return_products(self, order_id: str, fulfillment_id: str, lines: dict[str, int]) -> str:
         """orderFulfillmentReturnProducts (refund false). Keys: order line ids or fulfillment line ids."""
@@ -894,7 +913,7 @@ class FakeSaleor:
             self._update_status(order)
             deliveries = self._emit(order, "ORDER_UPDATED", STAFF_USER)
         self._dispatch(deliveries)
-        return returned["id"]
+        return str(returned["id"])
 
     def cancel_fulfillment(self, order_id: str, fulfillment_id: str) -> None:
         with self._lock:
@@ -927,10 +946,11 @@ class FakeSaleor:
             )
         self._dispatch(deliveries)
 
-    def order(self, order_id: str) -> dict:
+    def order(self, order_id: str) -> dict[str, Any]:
         """The order as GraphQL shows it (camelCase keys, float amounts), without resolver callables."""
         with self._lock:
-            return _plain(self._order_view(self._get(order_id)))
+            plain: dict[str, Any] = _plain(self._order_view(self._get(order_id)))
+            return plain
 
     def notes(self, order_id: str) -> list[str]:
         with self._lock:
@@ -946,16 +966,16 @@ class FakeSaleor:
         self,
         order_id: str,
         *,
-        owner: dict | None = None,
+        owner: dict[str, Any] | None = None,
         name: str = "Klarna",
         psp_reference: str = "",
         authorized: Decimal | str = "0",
         charged: Decimal | str = "0",
         actions: list[str] | tuple[str, ...] = ("CHARGE", "CANCEL", "REFUND"),
         external_url: str = "",
-        info: dict | None = None,
+        info: dict[str, Any] | None = None,
         emit: bool = True,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """A transaction on the order (transactionCreate), owned by ``owner`` (default another app)."""
         with self._lock:
             order = self._get(order_id)
@@ -985,10 +1005,10 @@ class FakeSaleor:
             self._dispatch(deliveries)
         return tx
 
-    def _find_transaction(self, tx_id: str | None) -> tuple[dict, dict] | None:
+    def _find_transaction(self, tx_id: str | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return next(((o, t) for o in self._orders.values() for t in o["transactions"] if t["id"] == tx_id), None)
 
-    def _may_report(self, caller: dict | None, tx: dict) -> bool:
+    def _may_report(self, caller: dict[str, Any] | None, tx: dict[str, Any]) -> bool:
         """check_if_requestor_has_access: the owning app, or an app with the same identifier."""
         if caller is None or caller["kind"] != "app":
             return False
@@ -997,7 +1017,7 @@ class FakeSaleor:
         return owner.get("id") == self.app_id or (bool(identifier) and owner.get("identifier") == identifier)
 
     @staticmethod
-    def _recompute(tx: dict) -> None:
+    def _recompute(tx: dict[str, Any]) -> None:
         """saleor.payment.utils.recalculate_transaction_amounts, as the samples show it.
 
         A request answered with a pspReference is pending until a SUCCESS or FAILURE of its kind
@@ -1015,7 +1035,10 @@ class FakeSaleor:
             kind = e["type"].split("_")[0]
             if e["type"].endswith("_REQUEST") and e["psp_reference"] and (kind, e["psp_reference"]) not in closed:
                 pending[kind] = pending.get(kind, Decimal(0)) + e["amount"]
-        got = lambda t: total.get(t, Decimal(0))  # noqa: E731
+
+        def got(t: str) -> Decimal:
+            return total.get(t, Decimal(0))
+
         authorized = got("AUTHORIZATION_SUCCESS") + got("AUTHORIZATION_ADJUSTMENT")
         charged, refunded, canceled = got("CHARGE_SUCCESS"), got("REFUND_SUCCESS"), got("CANCEL_SUCCESS")
         tx["authorized"] = max(authorized - charged - canceled - pending["CHARGE"] - pending["CANCEL"], Decimal(0))
@@ -1027,10 +1050,15 @@ class FakeSaleor:
             pending["CANCEL"],
         )
 
-    def _money_events(self, order: dict, before: dict, principal: dict | None) -> list[Delivery]:
+    def _money_events(
+        self, order: dict[str, Any], before: dict[str, Any], principal: dict[str, Any] | None
+    ) -> list[Delivery]:
         """order_transaction_updated / order_charged / order_refunded: which ORDER_* webhooks a change fires."""
         after = self._order_view(order)
-        amount = lambda view, key: _dec(view[key]["amount"])  # noqa: E731
+
+        def amount(view: dict[str, Any], key: str) -> Decimal:
+            return _dec(view[key]["amount"])
+
         deliveries: list[Delivery] = []
         if amount(after, "totalCharged") > amount(before, "totalCharged"):
             deliveries += self._emit(order, "ORDER_PAID", principal)
@@ -1048,9 +1076,9 @@ class FakeSaleor:
         return deliveries
 
     def request_action(
-        self, tx_id: str, action: str, amount: str | Decimal | None = None, *, by: dict | None = None,
-        granted_refund: dict | None = None, reason: str = "",
-    ) -> dict:  # fmt: skip
+        self, tx_id: str, action: str, amount: str | Decimal | None = None, *, by: dict[str, Any] | None = None,
+        granted_refund: dict[str, Any] | None = None, reason: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
         """transactionRequestAction (or ...RefundForGrantedRefund) by staff: the REQUEST event, then the
         sync webhook to the owner, then its answer applied as Saleor does (protocol §5.4).
 
@@ -1108,11 +1136,13 @@ class FakeSaleor:
         self._dispatch(deliveries)
         return {"status": status, "body": body, "attempts": attempts, "event": dict(stored)}
 
-    def _apply_answer(self, tx: dict, request: dict, action: str, value: Decimal, status: int, body: bytes) -> dict:
+    def _apply_answer(
+        self, tx: dict[str, Any], request: dict[str, Any], action: str, value: Decimal, status: int, body: bytes
+    ) -> dict[str, Any]:
         """saleor.payment.utils: parse the body of any answer below 500 against the response schema."""
         app = self._principal_app()
 
-        def failure(message: str, psp: str = "", by: dict | None = None) -> dict:
+        def failure(message: str, psp: str = "", by: dict[str, Any] | None = None) -> dict[str, Any]:
             event = self._tx_event(f"{action}_FAILURE", psp, value, message[:512], by)
             tx["events"].append(event)
             return event
@@ -1146,7 +1176,7 @@ class FakeSaleor:
         tx["events"].append(event)
         return event
 
-    def _grant(self, order: dict, tx: dict, refund: dict) -> dict:
+    def _grant(self, order: dict[str, Any], tx: dict[str, Any], refund: dict[str, Any]) -> dict[str, Any]:
         """Keys: amount, lines {order line id: quantity}, shipping, reason, line_reason."""
         if "pk" in refund:
             return refund
@@ -1159,7 +1189,7 @@ class FakeSaleor:
         order["granted_refunds"].append(granted)
         return granted
 
-    def _granted_refund_view(self, order: dict, refund: dict) -> dict:
+    def _granted_refund_view(self, order: dict[str, Any], refund: dict[str, Any]) -> dict[str, Any]:
         cur = order["currency"]
         lines = {ln["id"]: ln for ln in order["lines"]}
         tx = refund["transaction"]
@@ -1186,14 +1216,14 @@ class FakeSaleor:
 
     # -- GraphQL shapes ----------------------------------------------------------------------
 
-    def _principal_app(self) -> dict:
+    def _principal_app(self) -> dict[str, Any]:
         manifest = self.manifest or {}
         return {"__typename": "App", "id": self.app_id, "name": manifest.get("name"), "identifier": manifest.get("id")}
 
-    def _app_view(self) -> dict:
+    def _app_view(self) -> dict[str, Any]:
         manifest = self.manifest or {}
 
-        def permission(code: str) -> dict:
+        def permission(code: str) -> dict[str, Any]:
             return {"code": code, "name": PERMISSION_NAMES.get(code, code.replace("_", " ").capitalize() + ".")}
 
         extensions = []
@@ -1253,7 +1283,7 @@ class FakeSaleor:
             **_meta_fields(*self.app_metadata),
         }
 
-    def _line_view(self, order: dict, line: dict) -> dict:
+    def _line_view(self, order: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
         cur, qty = order["currency"], line["quantity"]
         unit = _taxed(line["unit_gross"], line["unit_net"], cur)
         total = _taxed(line["unit_gross"] * qty, line["unit_net"] * qty, cur)
@@ -1286,7 +1316,7 @@ class FakeSaleor:
             **_meta_fields({}, {}),
         }
 
-    def _fulfillment_view(self, order: dict, fulfillment: dict) -> dict:
+    def _fulfillment_view(self, order: dict[str, Any], fulfillment: dict[str, Any]) -> dict[str, Any]:
         lines = {ln["id"]: ln for ln in order["lines"]}
         return {
             "__typename": "Fulfillment",
@@ -1310,7 +1340,7 @@ class FakeSaleor:
             **_meta_fields(fulfillment["metadata"], fulfillment["private_metadata"]),
         }
 
-    def _transaction_view(self, order: dict, tx: dict) -> dict:
+    def _transaction_view(self, order: dict[str, Any], tx: dict[str, Any]) -> dict[str, Any]:
         cur = order["currency"]
         return {
             "__typename": "TransactionItem",
@@ -1351,7 +1381,7 @@ class FakeSaleor:
             **_meta_fields({}, {}),
         }
 
-    def _order_view(self, order: dict) -> dict:
+    def _order_view(self, order: dict[str, Any]) -> dict[str, Any]:
         cur = order["currency"]
         zero = Decimal(0)
         total = order["total_gross"]
@@ -1389,7 +1419,10 @@ class FakeSaleor:
         sub_gross = sum((ln["unit_gross"] * ln["quantity"] for ln in order["lines"]), zero)
         sub_net = sum((ln["unit_net"] * ln["quantity"] for ln in order["lines"]), zero)
         channel_pk = 1 if order["channel_slug"] == "default-channel" else 2
-        m = lambda amount: _money(amount, cur)  # noqa: E731
+
+        def m(amount: Decimal) -> dict[str, Any]:
+            return _money(amount, cur)
+
         return {
             "__typename": "Order",
             "id": order["id"],
@@ -1465,7 +1498,7 @@ class FakeSaleor:
 
     # -- GraphQL endpoint --------------------------------------------------------------------
 
-    def _authenticate(self, headers: dict) -> dict | None:
+    def _authenticate(self, headers: dict[str, Any]) -> dict[str, Any] | None:
         headers = {k.lower(): v for k, v in headers.items()}
         scheme, _, token = headers.get("authorization", "").partition(" ")
         token = (
@@ -1502,9 +1535,10 @@ class FakeSaleor:
             "principal": {"__typename": "User", "id": claims.get("user_id"), "email": claims.get("email")},
         }
 
-    def handle_graphql(self, body: bytes, headers: dict) -> tuple[int, bytes]:
+    def handle_graphql(self, body: bytes, headers: dict[str, Any]) -> tuple[int, bytes]:
         """One POST /graphql/ (also usable without the HTTP server). Returns (status, JSON bytes)."""
         caller = self._authenticate(headers)
+        result: dict[str, Any] | list[dict[str, Any]]
         try:
             data = json.loads(body or b"null")
         except ValueError:
@@ -1521,7 +1555,7 @@ class FakeSaleor:
             )
         return status, json.dumps(result, separators=(",", ":")).encode()
 
-    def _graphql_one(self, data: dict, caller: dict | None) -> tuple[int, dict]:
+    def _graphql_one(self, data: dict[str, Any], caller: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
         query, variables, operation_name = data.get("query"), data.get("variables") or {}, data.get("operationName")
         self.graphql_requests.append(
             {
@@ -1548,11 +1582,11 @@ class FakeSaleor:
         )
         deliveries: list[Delivery] = []
         root = _Root(self, caller, deliveries)
-        result = graphql.execute(
+        result = graphql.execute_sync(
             get_schema(), document, root_value=root, variable_values=variables, operation_name=operation_name
         )
         self._dispatch(deliveries)
-        response: dict = {}
+        response: dict[str, Any] = {}
         if result.errors:
             response["errors"] = [_format_error(e) for e in result.errors]
         if result.data is None and result.errors:
@@ -1562,26 +1596,33 @@ class FakeSaleor:
         return 200, response
 
     @staticmethod
-    def _cost(cost: int) -> dict:
+    def _cost(cost: int) -> dict[str, Any]:
         return {"cost": {"requestedQueryCost": cost, "maximumAvailable": 50000}}
 
 
 class _Root:
     """Query and Mutation root fields for one request; any other root field resolves to null."""
 
-    def __init__(self, fake: FakeSaleor, caller: dict | None, deliveries: list[Delivery]):
+    def __init__(self, fake: FakeSaleor, caller: dict[str, Any] | None, deliveries: list[Delivery]):
         self.fake, self.caller, self.deliveries = fake, caller, deliveries
 
     def _require(self, *permissions: str) -> None:
         if self.caller is None or not self.caller["permissions"] & set(permissions):
             raise PermissionDenied(*permissions)
 
-    def _order(self, order_id: str) -> dict | None:
+    @property
+    def _known(self) -> dict[str, Any]:
+        """The caller, where ``_require`` has already let it in."""
+        if self.caller is None:
+            raise PermissionDenied("AUTHENTICATED_STAFF_USER", "AUTHENTICATED_APP")
+        return self.caller
+
+    def _order(self, order_id: str) -> dict[str, Any] | None:
         return self.fake._orders.get(order_id)
 
     # Query
 
-    def app(self, _info: Any, id: str | None = None) -> dict | None:  # noqa: A002
+    def app(self, _info: Any, id: str | None = None) -> dict[str, Any] | None:  # noqa: A002 - GraphQL argument
         if self.caller is None:
             raise PermissionDenied("AUTHENTICATED_STAFF_USER", "AUTHENTICATED_APP")
         fake = self.fake
@@ -1599,22 +1640,28 @@ class _Root:
                 return fake._app_view() if self.caller["kind"] == "app" else None
             return fake._app_view() if id == fake.app_id and fake.app_id else None
 
-    def channels(self, _info: Any) -> list[dict]:
+    def channels(self, _info: Any) -> list[dict[str, Any]]:
         # Saleor lists channels to any authenticated app or staff user.
         if self.caller is None:
             raise PermissionDenied("AUTHENTICATED_STAFF_USER", "AUTHENTICATED_APP")
         return [dict(c) for c in self.fake.channels]
 
-    def shop(self, _info: Any) -> dict:
+    def shop(self, _info: Any) -> dict[str, Any]:
         return {"fulfillmentAllowUnpaid": self.fake.fulfillment_allow_unpaid}
 
-    def order(self, _info: Any, id: str | None = None, externalReference: str | None = None) -> dict | None:  # noqa: A002
+    def order(self, _info: Any, id: str | None = None, externalReference: str | None = None) -> dict[str, Any] | None:  # noqa: A002 - GraphQL argument
         self._require("MANAGE_ORDERS")
         with self.fake._lock:
-            order = self._order(id)
+            order = self._order(id) if id is not None else None
             return self.fake._order_view(order) if order else None
 
-    def orders(self, _info: Any, first: int | None = None, filter: dict | None = None, **_: Any) -> dict:  # noqa: A002
+    def orders(
+        self,
+        _info: Any,
+        first: int | None = None,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - GraphQL argument
+        **_: Any,
+    ) -> dict[str, Any]:
         """``orders(first:, filter: {ids:})``: what the dashboard needs to show order numbers (others ignored)."""
         self._require("MANAGE_ORDERS")
         if first is None or not 1 <= first <= 100:
@@ -1628,7 +1675,7 @@ class _Root:
 
     # Mutation
 
-    def _note(self, order_id: str, message: str, code_field: str) -> dict:
+    def _note(self, order_id: str, message: str, code_field: str) -> dict[str, Any]:
         self._require("MANAGE_ORDERS")
         fake = self.fake
         if not message.strip():
@@ -1651,13 +1698,13 @@ class _Root:
                         }
                     ],
                 }
-            by_app = self.caller["kind"] == "app"
+            by_app = self._known["kind"] == "app"
             event = {
                 "id": gid("OrderEvent", fake._next("OrderEvent")),
                 "date": now_iso(),
                 "type": "NOTE_ADDED",
                 "message": message,
-                "user": None if by_app else {"__typename": "User", **self.caller["principal"]},
+                "user": None if by_app else {"__typename": "User", **self._known["principal"]},
                 "app": fake._principal_app() if by_app else None,
             }
             order["events"].append(event)
@@ -1665,19 +1712,20 @@ class _Root:
             self.deliveries += fake._emit(order, "ORDER_UPDATED", self._principal())
             return {"order": fake._order_view(order), "event": {"__typename": "OrderEvent", **event}, code_field: []}
 
-    def _principal(self) -> dict:
-        return self.caller["principal"]
+    def _principal(self) -> dict[str, Any]:
+        principal: dict[str, Any] = self._known["principal"]
+        return principal
 
-    def orderNoteAdd(self, _info: Any, order: str, input: dict) -> dict:  # noqa: A002
+    def orderNoteAdd(self, _info: Any, order: str, input: dict[str, Any]) -> dict[str, Any]:  # noqa: A002 - GraphQL argument
         return self._note(order, input["message"], "errors")
 
-    def orderAddNote(self, _info: Any, order: str, input: dict) -> dict:  # noqa: A002
+    def orderAddNote(self, _info: Any, order: str, input: dict[str, Any]) -> dict[str, Any]:  # noqa: A002 - GraphQL argument
         result = self._note(order, input["message"], "errors")
         return {**result, "orderErrors": result["errors"]}
 
     def _metadata(
         self, object_id: str, private: bool, update: dict[str, str] | None = None, delete: list[str] | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         fake = self.fake
         with fake._lock:
             order = self._order(object_id)
@@ -1704,29 +1752,29 @@ class _Root:
                 meta.pop(key, None)
             if item is None:
                 return {"item": fake._app_view(), "errors": []}
-            order["updated_at"] = now_iso()
-            self.deliveries += fake._emit(order, "ORDER_METADATA_UPDATED", self._principal())
-            return {"item": fake._order_view(order), "errors": []}
+            item["updated_at"] = now_iso()
+            self.deliveries += fake._emit(item, "ORDER_METADATA_UPDATED", self._principal())
+            return {"item": fake._order_view(item), "errors": []}
 
-    def updatePrivateMetadata(self, _info: Any, id: str, input: list[dict]) -> dict:  # noqa: A002
+    def updatePrivateMetadata(self, _info: Any, id: str, input: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: A002 - GraphQL argument
         return self._metadata(id, True, update={i["key"]: i["value"] for i in input})
 
-    def updateMetadata(self, _info: Any, id: str, input: list[dict]) -> dict:  # noqa: A002
+    def updateMetadata(self, _info: Any, id: str, input: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: A002 - GraphQL argument
         return self._metadata(id, False, update={i["key"]: i["value"] for i in input})
 
-    def deletePrivateMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002
+    def deletePrivateMetadata(self, _info: Any, id: str, keys: list[str]) -> dict[str, Any]:  # noqa: A002 - GraphQL argument
         return self._metadata(id, True, delete=keys)
 
-    def deleteMetadata(self, _info: Any, id: str, keys: list[str]) -> dict:  # noqa: A002
+    def deleteMetadata(self, _info: Any, id: str, keys: list[str]) -> dict[str, Any]:  # noqa: A002 - GraphQL argument
         return self._metadata(id, False, delete=keys)
 
     def transactionCreate(
         self,
         _info: Any,
         id: str,  # noqa: A002 - GraphQL argument
-        transaction: dict,
-        transactionEvent: dict | None = None,
-    ) -> dict:
+        transaction: dict[str, Any],
+        transactionEvent: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """By an app with HANDLE_PAYMENTS; allowed beside another app's transaction (gql-86)."""
         self._require("HANDLE_PAYMENTS")
         fake = self.fake
@@ -1737,7 +1785,7 @@ class _Root:
                     "transaction": None,
                     "errors": [{"field": "id", "message": f"Couldn't resolve to a node: {id}", "code": "NOT_FOUND"}],
                 }
-            creator = fake._principal_app() if self.caller["kind"] == "app" else self._principal()
+            creator = fake._principal_app() if self._known["kind"] == "app" else self._principal()
             before = fake._order_view(order)
             tx = fake.add_transaction(
                 id,
@@ -1759,13 +1807,13 @@ class _Root:
         _info: Any,
         type: str,  # noqa: A002 - the GraphQL argument is called type
         pspReference: str,
-        id: str | None = None,  # noqa: A002
+        id: str | None = None,  # noqa: A002 - GraphQL argument
         amount: Any = None,
         message: str | None = None,
         availableActions: list[str] | None = None,
         externalUrl: str | None = None,
         **_ignored: Any,
-    ) -> dict:
+    ) -> dict[str, Any]:
         self._require("HANDLE_PAYMENTS")
         fake = self.fake
         with fake._lock:

@@ -102,11 +102,11 @@ def memoized_graphql() -> Iterator[None]:
             validated[key] = (schema, document, validate(schema, document, rules))
         return validated[key][2]
 
-    graphql.parse, graphql.validate = cached_parse, cached_validate  # type: ignore[assignment]
+    graphql.parse, graphql.validate = cached_parse, cached_validate  # type: ignore[assignment]  # swap graphql-core's functions for memoized ones during the test
     try:
         yield
     finally:
-        graphql.parse, graphql.validate = parse, validate  # type: ignore[assignment]
+        graphql.parse, graphql.validate = parse, validate  # type: ignore[assignment]  # restore graphql-core's functions
 
 
 # -- the fake Klarna, counted ------------------------------------------------------------------
@@ -129,7 +129,7 @@ class CountingKlarna(FakeKlarna):
 
         return super().wsgi_app(environ, counting_start_response)
 
-    def _drop(self, environ: dict[str, Any], seconds: float) -> None:  # type: ignore[override]
+    def _drop(self, environ: dict[str, Any], seconds: float) -> None:  # type: ignore[override]  # an instance method over the base staticmethod: it counts the drops
         with self._stats_lock:
             self.dropped += 1
         FakeKlarna._drop(environ, seconds)

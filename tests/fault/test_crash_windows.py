@@ -34,7 +34,7 @@ pytestmark = pytest.mark.fault
 
 
 @pytest.fixture
-def shop(settings: Settings) -> Shop:  # type: ignore[misc]
+def shop(settings: Settings) -> Shop:  # type: ignore[misc]  # a generator fixture typed by what it yields
     shop = Shop(settings)
     yield shop
     shop.close()

@@ -66,7 +66,7 @@ def _play(rig: Rig, stories: list[Story], chaos: Chaos, *, timeout: float) -> di
     """Play the stories under fire; then stop the fire and let the app catch up. Returns timings."""
     started = time.monotonic()
     driver = Driver(rig.saleor, rig.klarna, stories, seed=rig.seed, create_per_second=25.0)
-    progress = lambda: rig.progress(stories)  # noqa: E731
+    progress = lambda: rig.progress(stories)  # noqa: E731 - a one-line probe passed to the wait loop
     chaos.start()
     driver.start()
     try:

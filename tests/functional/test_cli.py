@@ -61,14 +61,14 @@ def test_settings_export_leaves_secrets_out_and_import_round_trips(
 )
 def test_settings_import_validates_and_stores_nothing_on_error(
     shop: Shop, cli_env: dict[str, str], tmp_path: Path, channel: dict, message: str
-) -> None:  # type: ignore[type-arg]
+) -> None:  # type: ignore[type-arg]  # JSON channel from the parametrize table
     shop.install()
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"channels": [channel]}))
     result = CliRunner().invoke(main, ["settings", "import", str(path)], env=cli_env)
     assert result.exit_code != 0 and message in result.output
     with shop.services.db.transaction() as session:
-        assert shop.services.store.get_exact(session, shop.saleor.api_url, "*").region == "EU"  # type: ignore[union-attr]
+        assert shop.services.store.get_exact(session, shop.saleor.api_url, "*").region == "EU"  # type: ignore[union-attr]  # the row exists: it was stored before the failed import
 
 
 def test_ops_list_and_retry_after_giving_up(shop: Shop, cli_env: dict[str, str]) -> None:

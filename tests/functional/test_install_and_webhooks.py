@@ -20,7 +20,7 @@ def _rows(shop: Shop) -> dict[str, int]:
         return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
 
 
-def _register(shop: Shop, body: object = None, **headers: str):  # type: ignore[no-untyped-def]
+def _register(shop: Shop, body: object = None, **headers: str):  # type: ignore[no-untyped-def]  # a Flask test response
     base = {"Saleor-Api-Url": shop.saleor.api_url, "Content-Type": "application/json"}
     base.update(headers)
     data = (
@@ -78,7 +78,7 @@ def test_app_deleted_removes_the_installation_and_its_secrets(shop: Shop) -> Non
 )
 def test_register_refuses_bad_input_and_stores_nothing(
     shop: Shop, headers: dict, body: object, status: int, code: str
-) -> None:  # type: ignore[type-arg]
+) -> None:  # type: ignore[type-arg]  # JSON from the parametrize table
     # given a Saleor that issued a token (the install's own POST was answered, then forgotten)
     shop.saleor.install(f"{shop.settings.public_base}/api/manifest")
     with shop.services.db.transaction() as session:
@@ -132,7 +132,7 @@ def delivery(shop: Shop) -> Iterator[SaleorDelivery]:
     return next(d for d in shop.saleor.outbox if d.event == "ORDER_UPDATED")
 
 
-def _post(shop: Shop, d: SaleorDelivery, body: bytes | None = None, **headers: str):  # type: ignore[no-untyped-def]
+def _post(shop: Shop, d: SaleorDelivery, body: bytes | None = None, **headers: str):  # type: ignore[no-untyped-def]  # a Flask test response
     merged = {**d.headers, **headers}
     return shop.app.test_client().post(
         d.target_url.split("5056", 1)[-1],
@@ -177,7 +177,7 @@ def test_duplicates_coalesce_into_one_waiting_job(shop: Shop, delivery: SaleorDe
 )
 def test_bad_webhooks_are_refused_and_leave_nothing(
     shop: Shop, delivery: SaleorDelivery, change: dict, status: int, code: str
-) -> None:  # type: ignore[type-arg]
+) -> None:  # type: ignore[type-arg]  # JSON from the parametrize table
     before = _rows(shop)
     response = _post(shop, delivery, **change)
     assert (response.status_code, response.get_json()["error"]["type"]) == (status, code)

@@ -38,11 +38,11 @@ def klarna_order(klarna_id: str, amount: int, captures: tuple[KlarnaCapture, ...
     )  # fmt: skip
 
 
-def source_of(shop: Shop, saleor: SaleorClient, order_id: str, **extra: object):  # type: ignore[no-untyped-def]
+def source_of(shop: Shop, saleor: SaleorClient, order_id: str, **extra: object):  # type: ignore[no-untyped-def]  # returns resolve_source's result
     books = saleor.get_books(order_id)
     assert books is not None
     me = AppRef(shop.saleor.app_id or "", "app.klarna-om.saleor")
-    return resolve_source(transactions=books.transactions, me=me, private_klarna_id=books.private_klarna_id, **extra)  # type: ignore[arg-type]
+    return resolve_source(transactions=books.transactions, me=me, private_klarna_id=books.private_klarna_id, **extra)  # type: ignore[arg-type]  # extra keyword arguments pass through untyped
 
 
 def test_a_metadata_order_gets_its_transaction_and_is_fully_paid_after_a_full_capture(

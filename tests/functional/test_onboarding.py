@@ -104,7 +104,7 @@ def test_version_and_every_option_has_help() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("klarna-om 0.")
 
-    def walk(command, path):  # type: ignore[no-untyped-def]
+    def walk(command, path):  # type: ignore[no-untyped-def]  # click commands and paths, walked recursively
         for param in command.params:
             if param.param_type_name == "option" and param.name not in ("help", "version"):
                 assert param.help, f"{path} {param.opts} has no help"
@@ -223,11 +223,11 @@ def test_every_request_is_logged_and_a_refused_register_says_why(shop: Shop, cap
         unsigned = client.post("/api/webhooks/order-events", data=b"{}", headers={"Saleor-Api-Url": "x"})
         assert unsigned.status_code == 400
     requests_logged = [r for r in caplog.records if r.getMessage() in ("request", "request refused")]
-    by_path = {(r.path, r.status): r for r in requests_logged}  # type: ignore[attr-defined]
-    assert ("/healthz", 200) in by_path and by_path[("/healthz", 200)].duration_ms >= 0  # type: ignore[attr-defined]
+    by_path = {(r.path, r.status): r for r in requests_logged}  # type: ignore[attr-defined]  # fields added to the log record by the request logger
+    assert ("/healthz", 200) in by_path and by_path[("/healthz", 200)].duration_ms >= 0  # type: ignore[attr-defined]  # fields added to the log record by the request logger
     register = by_path[("/api/register", 401)]
-    assert register.code == "UNKNOWN_APP_ID" and register.levelname == "WARNING"  # type: ignore[attr-defined]
-    assert by_path[("/api/webhooks/order-events", 400)].code == "MISSING_SALEOR_EVENT_HEADER"  # type: ignore[attr-defined]
+    assert register.code == "UNKNOWN_APP_ID" and register.levelname == "WARNING"  # type: ignore[attr-defined]  # fields added to the log record by the request logger
+    assert by_path[("/api/webhooks/order-events", 400)].code == "MISSING_SALEOR_EVENT_HEADER"  # type: ignore[attr-defined]  # fields added to the log record by the request logger
     assert any(r.getMessage() == "the app id could not be read from Saleor" for r in caplog.records)
     assert token not in caplog.text
 

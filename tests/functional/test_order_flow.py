@@ -206,16 +206,16 @@ def test_a_worker_killed_between_ledger_and_klarna_resumes_with_one_capture(shop
 
     original = KlarnaOrders.capture
 
-    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]  # stands in for KlarnaOrders.capture, any arguments
         raise SystemExit("killed")
 
-    KlarnaOrders.capture = crash  # type: ignore[method-assign]
+    KlarnaOrders.capture = crash  # type: ignore[method-assign]  # patch the method for one test
     try:
         job = shop.worker.claim(1)[0]
         with contextlib.suppress(SystemExit):
             shop.worker.process(job)
     finally:
-        KlarnaOrders.capture = original  # type: ignore[method-assign]
+        KlarnaOrders.capture = original  # type: ignore[method-assign]  # restore the method
     assert [op.state for op in shop.operations()] == ["pending"] and shop.performed("captures") == 0
     # when the lease expires and another worker picks the job up
     from sqlalchemy import update

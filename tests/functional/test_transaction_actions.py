@@ -33,11 +33,11 @@ def _requests(shop: Shop) -> list[PaymentRequest]:
         return list(session.scalars(select(PaymentRequest).order_by(PaymentRequest.id)))
 
 
-def _tx(shop: Shop, order_id: str) -> dict:  # type: ignore[type-arg]
-    return shop.saleor.order(order_id)["transactions"][0]  # type: ignore[no-any-return]
+def _tx(shop: Shop, order_id: str) -> dict:  # type: ignore[type-arg]  # the fake's JSON view of a transaction
+    return shop.saleor.order(order_id)["transactions"][0]  # type: ignore[no-any-return]  # the fake's JSON view of a transaction
 
 
-def _repost(shop: Shop, delivery: SaleorDelivery, body: bytes | None = None, **headers: str):  # type: ignore[no-untyped-def]
+def _repost(shop: Shop, delivery: SaleorDelivery, body: bytes | None = None, **headers: str):  # type: ignore[no-untyped-def]  # a Flask test response
     merged = {**delivery.headers, **headers}
     return shop.app.test_client().post(
         urlsplit(delivery.target_url).path,
@@ -198,7 +198,7 @@ def test_two_quick_presses_of_the_same_button_are_two_requests(shop: Shop) -> No
     order_id, _ = shop.order()
     tx_id = _tx(shop, order_id)["id"]
     with shop.saleor._lock:  # another press of Capture 10.00 is still unanswered when this payload is built
-        _order, tx = shop.saleor._find_transaction(tx_id)  # type: ignore[misc]
+        _order, tx = shop.saleor._find_transaction(tx_id)  # type: ignore[misc]  # the transaction exists: the test created it
         tx["events"].append(shop.saleor._tx_event("CHARGE_REQUEST", "", Decimal("10.00"), "", None))
     first = shop.saleor.request_action(tx_id, "CHARGE", "10.00")
     assert first["status"] == 200

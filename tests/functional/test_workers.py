@@ -12,7 +12,7 @@ from plugin.worker import Worker
 from tests.functional.shop import Shop
 
 
-def test_concurrent_workers_never_hold_one_order_twice(shop: Shop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_workers_never_hold_one_order_twice(shop: Shop, monkeypatch) -> None:  # type: ignore[no-untyped-def]  # monkeypatch is pytest's fixture
     # given ten shipped orders whose events were delivered three times each, and a slow Klarna
     shop.install()
     shop.klarna.latency = 0.01
@@ -30,7 +30,7 @@ def test_concurrent_workers_never_hold_one_order_twice(shop: Shop, monkeypatch) 
     lock = threading.Lock()
     original = sync.sync_order
 
-    def traced(deps, job):  # type: ignore[no-untyped-def]
+    def traced(deps, job):  # type: ignore[no-untyped-def]  # wraps the worker's sync with its own arguments
         start = time.monotonic()
         try:
             return original(deps, job)

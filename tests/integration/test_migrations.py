@@ -15,7 +15,7 @@ def test_head_matches_the_models(database_url: str) -> None:
     assert diff == []
 
 
-def test_unmigrated_database_is_refused_with_a_clear_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unmigrated_database_is_refused_with_a_clear_message(tmp_path) -> None:  # type: ignore[no-untyped-def]  # tmp_path is pytest's fixture
     db = Database(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
     with pytest.raises(NotMigratedError, match="klarna-om db upgrade"):
         db.check_migrated()

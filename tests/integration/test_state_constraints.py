@@ -35,7 +35,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("case", "statement", "params"), CASES, ids=[c[0] for c in CASES])
-def test_a_value_outside_the_enum_is_refused(database_url: str, case: str, statement: str, params: dict) -> None:  # type: ignore[type-arg]
+def test_a_value_outside_the_enum_is_refused(database_url: str, case: str, statement: str, params: dict) -> None:  # type: ignore[type-arg]  # SQL parameters from the parametrize table
     db = Database(database_url)
     try:
         with db.engine.begin() as conn:

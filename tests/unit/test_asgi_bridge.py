@@ -16,7 +16,7 @@ def _app() -> Flask:
     app = Flask(__name__)
 
     @app.post("/echo/<name>")
-    def echo(name: str):  # type: ignore[no-untyped-def]
+    def echo(name: str):  # type: ignore[no-untyped-def]  # a Flask view in a test app
         return jsonify(
             name=name, query=request.args.get("q"), body=request.get_data(as_text=True),
             api_url=request.headers.get("Saleor-Api-Url"), remote=request.remote_addr,

@@ -131,7 +131,7 @@ def klarna(**fields: object) -> KlarnaOrder:
         "order_amount": 13000, "captured": 0, "refunded": 0, "remaining": 13000, "expires_at": None,
     }  # fmt: skip
     base.update(fields)
-    return KlarnaOrder(**base)  # type: ignore[arg-type]
+    return KlarnaOrder(**base)  # type: ignore[arg-type]  # keyword overrides from the test
 
 
 ORDER_ID = base64.b64encode(b"Order:4e8e8511-5dd4-401b-a3dc-0ec2526ad168").decode()
@@ -145,11 +145,11 @@ def test_match_accepts_the_shops_order():
 
 
 def test_match_refuses_a_strangers_klarna_order():
-    assert check_match(FACTS, klarna(currency="EUR")).code is MismatchCode.CURRENCY  # type: ignore[union-attr]
-    assert check_match(FACTS, klarna(order_amount=20000)).code is MismatchCode.AMOUNT  # type: ignore[union-attr]
+    assert check_match(FACTS, klarna(currency="EUR")).code is MismatchCode.CURRENCY  # type: ignore[union-attr]  # check_match returns a mismatch here
+    assert check_match(FACTS, klarna(order_amount=20000)).code is MismatchCode.AMOUNT  # type: ignore[union-attr]  # check_match returns a mismatch here
     other_money = replace(FACTS, other_money=5000)
-    assert check_match(other_money, klarna()).code is MismatchCode.AMOUNT  # type: ignore[union-attr]
-    assert check_match(FACTS, klarna(), "10001").code is MismatchCode.REFERENCE  # type: ignore[union-attr]
+    assert check_match(other_money, klarna()).code is MismatchCode.AMOUNT  # type: ignore[union-attr]  # check_match returns a mismatch here
+    assert check_match(FACTS, klarna(), "10001").code is MismatchCode.REFERENCE  # type: ignore[union-attr]  # check_match returns a mismatch here
 
 
 # -- reports -----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_refuse_reason_table():
     assert refuse_reason(request(ActionKind.CANCEL, 8000, authorized=8000), ME) is None
     assert "not kept by this app" in (refuse_reason(request(ActionKind.CHARGE, 1, authorized=5), OTHER) or "")
     by_app = request(ActionKind.REFUND, 10, charged=50)
-    by_app = replace(by_app, request_event=replace(by_app.request_event, created_by_app=OTHER.id))  # type: ignore[arg-type]
+    by_app = replace(by_app, request_event=replace(by_app.request_event, created_by_app=OTHER.id))  # type: ignore[arg-type]  # a test id in place of the NewType
     assert "another app" in (refuse_reason(by_app, ME) or "")
     assert "EUR" in (refuse_reason(replace(request(ActionKind.CHARGE, 1, authorized=5), currency="EUR"), ME) or "")
 

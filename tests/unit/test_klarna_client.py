@@ -549,10 +549,10 @@ def test_client_acquires_a_token_before_each_request(
 
 def _refused() -> requests.ConnectionError:
     reason = NewConnectionError(
-        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]  # urllib3 accepts None here at runtime
         "Failed to establish a new connection: [Errno 111] Connection refused",
     )
-    pool_error = MaxRetryError(None, "/ordermanagement", reason)  # type: ignore[arg-type]
+    pool_error = MaxRetryError(None, "/ordermanagement", reason)  # type: ignore[arg-type]  # urllib3 accepts None here at runtime
     return requests.ConnectionError(pool_error)
 
 

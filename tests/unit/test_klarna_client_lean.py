@@ -31,7 +31,7 @@ def test_proxy_settings_are_read_from_the_environment_once(
         monkeypatch.delenv("HTTPS_PROXY")  # read with the first call, not on every call
         klarna.get_order("o-1")
     for call in wire.calls:
-        assert call.request.req_kwargs["proxies"].get("https") == "http://proxy.example:3128"  # type: ignore[attr-defined]
+        assert call.request.req_kwargs["proxies"].get("https") == "http://proxy.example:3128"  # type: ignore[attr-defined]  # responses records the request's kwargs on it
 
 
 def test_each_call_has_its_own_body_key_and_length_and_no_cookies(wire: responses.RequestsMock) -> None:

@@ -295,7 +295,7 @@ def test_next_check_is_the_earliest_of_recheck_fraud_extension_and_none_once_not
     accepted = replace(klarna, fraud_status="ACCEPTED")
     assert next_check_at(world.order, accepted, Options(), now) == now + timedelta(hours=24)
     later = now + timedelta(days=24, hours=12)
-    assert next_check_at(world.order, accepted, Options(), later) == klarna.expires_at - timedelta(days=3)  # type: ignore[operator]
+    assert next_check_at(world.order, accepted, Options(), later) == klarna.expires_at - timedelta(days=3)  # type: ignore[operator]  # expires_at is set in this scenario
     # nothing authorized any more: no check
     for status, remaining in (("CAPTURED", 0), ("CANCELLED", 0), ("EXPIRED", 0), ("PART_CAPTURED", 0)):
         assert next_check_at(world.order, replace(accepted, status=status, remaining=remaining), Options(), now) is None

@@ -15,7 +15,7 @@ def saleor_schema() -> graphql.GraphQLSchema:
 
 
 @pytest.mark.parametrize("webhook", static_manifest()["webhooks"], ids=lambda w: w["name"])
-def test_every_subscription_validates_against_saleor_3_23(webhook: dict) -> None:  # type: ignore[type-arg]
+def test_every_subscription_validates_against_saleor_3_23(webhook: dict) -> None:  # type: ignore[type-arg]  # a webhook entry of the manifest (JSON)
     document = graphql.parse(webhook["query"])
     assert graphql.validate(saleor_schema(), document) == []
     operations = [d for d in document.definitions if isinstance(d, graphql.OperationDefinitionNode)]
@@ -26,7 +26,7 @@ def test_every_subscription_validates_against_saleor_3_23(webhook: dict) -> None
 def test_every_async_event_is_a_saleor_event_with_a_handler_and_a_branch() -> None:
     enum = saleor_schema().get_type("WebhookEventTypeAsyncEnum")
     order_hook, deleted_hook = static_manifest()["webhooks"][:2]
-    assert set(order_hook["asyncEvents"]) <= set(enum.values)  # type: ignore[union-attr]
+    assert set(order_hook["asyncEvents"]) <= set(enum.values)  # type: ignore[union-attr]  # the schema names an enum type here
     assert set(order_hook["asyncEvents"]) == set(ORDER_EVENTS)
     for event in order_hook["asyncEvents"]:
         typename = "".join(part.capitalize() for part in event.split("_"))
@@ -40,7 +40,7 @@ def test_the_payment_buttons_are_sync_events_with_one_branch_each() -> None:
     assert hook["syncEvents"] == [
         "TRANSACTION_CHARGE_REQUESTED", "TRANSACTION_REFUND_REQUESTED", "TRANSACTION_CANCELATION_REQUESTED",
     ]  # fmt: skip
-    assert set(hook["syncEvents"]) <= set(enum.values)  # type: ignore[union-attr]
+    assert set(hook["syncEvents"]) <= set(enum.values)  # type: ignore[union-attr]  # the schema names an enum type here
     for typename in ("TransactionChargeRequested", "TransactionRefundRequested", "TransactionCancelationRequested"):
         assert f"on {typename} " in hook["query"]
     assert "HANDLE_PAYMENTS" in static_manifest()["permissions"]
@@ -67,7 +67,7 @@ def test_old_saleor_gets_a_popup_instead_of_the_widget_mount() -> None:
     assert (old["mount"], old["target"], "options" in old) == ("ORDER_DETAILS_MORE_ACTIONS", "POPUP", False)
 
 
-def test_logo_is_a_square_png_of_at_least_256_px(client) -> None:  # type: ignore[no-untyped-def]
+def test_logo_is_a_square_png_of_at_least_256_px(client) -> None:  # type: ignore[no-untyped-def]  # client is a pytest fixture (Flask test client)
     response = client.get("/logo.png")
     data = response.data
     assert response.mimetype == "image/png" and data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -75,7 +75,7 @@ def test_logo_is_a_square_png_of_at_least_256_px(client) -> None:  # type: ignor
     assert width == height >= 256
 
 
-def test_manifest_endpoint(client) -> None:  # type: ignore[no-untyped-def]
+def test_manifest_endpoint(client) -> None:  # type: ignore[no-untyped-def]  # client is a pytest fixture (Flask test client)
     response = client.get("/api/manifest", headers={"Saleor-Schema-Version": "3.23", "User-Agent": "Saleor/3.23"})
     assert response.status_code == 200
     body = response.get_json()

@@ -776,7 +776,7 @@ def test_a_platform_with_its_own_status_names_maps_the_same_way(status, expected
     mapping = {"processing": "none", "completed": "capture", "cancelled": "cancel", "refunded": "refund"}
     order, klarna = _mapped_scenario(status)
     # when it is synced
-    _, planned = sync(order, klarna, mapping)  # type: ignore[arg-type]
+    _, planned = sync(order, klarna, mapping)  # type: ignore[arg-type]  # the settings page's plain strings in place of Action values
     # then the mapped action is planned, exactly as for Saleor's names
     assert [(op.kind, op.reference, op.amount) for op in planned.operations] == expected
 

@@ -76,4 +76,4 @@ def test_proxy_settings_are_read_from_the_environment_once(
     monkeypatch.delenv("HTTPS_PROXY")  # read when the session opened, not on every call
     saleor.add_note(ORDER, "y")
     for call in wire.calls:
-        assert call.request.req_kwargs["proxies"].get("https") == "http://proxy.example:3128"  # type: ignore[attr-defined]
+        assert call.request.req_kwargs["proxies"].get("https") == "http://proxy.example:3128"  # type: ignore[attr-defined]  # responses records the request's kwargs on it

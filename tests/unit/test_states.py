@@ -36,7 +36,7 @@ def test_the_stored_values_are_the_ones_the_ledger_has_always_written() -> None:
 
 
 @pytest.mark.parametrize(("states", "table"), TABLES, ids=["operation", "note", "exception"])
-def test_every_move_is_allowed_exactly_when_the_table_says(states, table) -> None:  # type: ignore[no-untyped-def]
+def test_every_move_is_allowed_exactly_when_the_table_says(states, table) -> None:  # type: ignore[no-untyped-def]  # parametrized enum class and its table
     assert set(table) == set(states)
     for current, new in itertools.product(states, states):
         if new in table[current]:
@@ -54,7 +54,7 @@ def test_a_succeeded_operation_never_moves_and_a_failed_one_can_be_retried() -> 
 
 def test_states_of_different_machines_do_not_mix() -> None:
     with pytest.raises(IllegalTransition):
-        transition(OperationState.PENDING, NoteState.WRITTEN)  # type: ignore[type-var]
+        transition(OperationState.PENDING, NoteState.WRITTEN)  # type: ignore[type-var]  # a deliberately mixed pair: transition must refuse it
 
 
 def test_every_kind_has_a_row() -> None:
@@ -81,7 +81,7 @@ def test_klarna_shows_each_kind_done_the_way_the_table_says() -> None:
     def op(kind: OperationKind, reference: str = "k") -> LedgerOperation:
         return LedgerOperation(1, kind, reference, 40, "EUR", "k", "key", 0, OperationState.PENDING)
 
-    assert KINDS[OperationKind.CAPTURE].done_in(op(OperationKind.CAPTURE, "ful-1"), state).resource_id == "cap-1"  # type: ignore[union-attr]
+    assert KINDS[OperationKind.CAPTURE].done_in(op(OperationKind.CAPTURE, "ful-1"), state).resource_id == "cap-1"  # type: ignore[union-attr]  # done_in finds the capture here
     assert KINDS[OperationKind.CAPTURE].done_in(op(OperationKind.CAPTURE, "ful-2"), state) is None
     assert KINDS[OperationKind.REFUND].done_in(op(OperationKind.REFUND, "ful-1"), state) is None
     assert KINDS[OperationKind.CANCEL].done_in(op(OperationKind.CANCEL), state) is None

@@ -184,7 +184,7 @@ def test_a_run_that_made_progress_keeps_its_budget() -> None:
     # given two shipments, and Klarna failing the second capture with a 503 after the first succeeded
     rig = Rig(max_attempts=1)
     rig.shop(shipments=2)
-    rig.klarna.capture = _fail_second_capture(rig.klarna)  # type: ignore[method-assign]
+    rig.klarna.capture = _fail_second_capture(rig.klarna)  # type: ignore[method-assign]  # inject a fault into the in-memory port
     # when the order is synced
     outcomes = rig.run()
     # then the failed run did not count (it captured shipment 1), and the retry captured shipment 2
@@ -201,7 +201,7 @@ def _fail_second_capture(klarna: InMemoryKlarna) -> Callable[..., object]:
         calls.append(key)
         if len(calls) == 2:
             raise KlarnaFailure("503", retryable=True, code="SERVICE_UNAVAILABLE")
-        return original(order_id, body, key)  # type: ignore[arg-type]
+        return original(order_id, body, key)  # type: ignore[arg-type]  # a plain dict body in place of the typed one
 
     return capture
 
@@ -243,7 +243,7 @@ def test_a_note_saleor_refused_is_delivered_later_without_a_second_capture() -> 
             raise SaleorUnavailable("down")
         original(order_id, message)
 
-    rig.saleor.add_note = add_note  # type: ignore[method-assign]
+    rig.saleor.add_note = add_note  # type: ignore[method-assign]  # inject a fault into the in-memory port
     # when the order is synced (and retried)
     outcomes = rig.run()
     # then the note arrives on the retry; Klarna captured once; the failed run kept its budget
@@ -261,7 +261,7 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing(monkeypatch: pytest.
     original = rig.klarna.capture
 
     def capture_then_stall(order_id: str, body: object, key: str) -> object:
-        result = original(order_id, body, key)  # type: ignore[arg-type]
+        result = original(order_id, body, key)  # type: ignore[arg-type]  # a plain dict body in place of the typed one
         rig.ledger.clock += 61
         rig.run()  # B: sees the capture in Klarna, records it, writes the note
         return result
@@ -283,9 +283,9 @@ def test_a_note_is_not_written_again_when_a_stalled_worker_may_have_lost_its_lea
 
     def slow_capture(order_id: str, body: object, key: str) -> object:
         rig.ledger.clock += 45
-        return original(order_id, body, key)  # type: ignore[arg-type]
+        return original(order_id, body, key)  # type: ignore[arg-type]  # a plain dict body in place of the typed one
 
-    rig.klarna.capture = slow_capture  # type: ignore[method-assign]
+    rig.klarna.capture = slow_capture  # type: ignore[method-assign]  # inject a delay into the in-memory port
     commits: list[Changes] = []
     commit = rig.ledger.commit
 
@@ -293,7 +293,7 @@ def test_a_note_is_not_written_again_when_a_stalled_worker_may_have_lost_its_lea
         commits.append(changes)
         return commit(job, changes, lease_seconds=lease_seconds)
 
-    rig.ledger.commit = counting  # type: ignore[method-assign]
+    rig.ledger.commit = counting  # type: ignore[method-assign]  # count the ledger's commits
     rig.run()
     # then the outcome's commit renewed the lease just before the note: still one note
     assert len(rig.notes()) == 1
@@ -306,7 +306,7 @@ def test_a_final_refusal_opens_an_exception_that_a_successful_retry_resolves() -
     refusal = KlarnaFailure(
         "403", retryable=False, code="CAPTURE_NOT_ALLOWED", messages=("not allowed",), correlation_id="c-1"
     )
-    rig.klarna.capture = _fail_first(rig.klarna, refusal)  # type: ignore[method-assign]
+    rig.klarna.capture = _fail_first(rig.klarna, refusal)  # type: ignore[method-assign]  # inject a fault into the in-memory port
     rig.run()
     [exception] = rig.ledger.exceptions.values()
     [note] = rig.notes()
@@ -328,7 +328,7 @@ def _fail_first(klarna: InMemoryKlarna, failure: KlarnaFailure) -> Callable[...,
     def capture(order_id: str, body: object, key: str) -> object:
         if failures:
             raise failures.pop()
-        return original(order_id, body, key)  # type: ignore[arg-type]
+        return original(order_id, body, key)  # type: ignore[arg-type]  # a plain dict body in place of the typed one
 
     return capture
 
@@ -366,7 +366,7 @@ def test_an_order_fully_captured_elsewhere_settles_a_pending_row_without_sending
     rig = Rig()
     rig.shop()
     job = rig.claim()
-    rig.ledger.commit = _crash_after(rig.ledger.commit, _wrote_the_ledger_row)  # type: ignore[method-assign]
+    rig.ledger.commit = _crash_after(rig.ledger.commit, _wrote_the_ledger_row)  # type: ignore[method-assign]  # crash right after the ledger write
     with pytest.raises(Kill):
         sync_order(rig.deps, job)
     del rig.ledger.commit  # back to the class's method

@@ -26,8 +26,11 @@ _ENQUEUE = text(
     " created_at, updated_at) VALUES (:url, :order_id, 1, 0, 0, :due, 0, :now, :now)"
     " ON CONFLICT (saleor_api_url, order_id) DO UPDATE SET"
     " requested_seq = jobs.requested_seq + 1,"
-    # A waiting job keeps its schedule (it may be backing off); an idle one runs at once.
-    " run_after = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN excluded.run_after ELSE jobs.run_after END,"
+    # An idle job runs at once; a scheduled check (no error) is brought forward; a job backing off
+    # after an error keeps its time.
+    " run_after = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN excluded.run_after"
+    " WHEN jobs.last_error IS NULL AND excluded.run_after < jobs.run_after THEN excluded.run_after"
+    " ELSE jobs.run_after END,"
     " attempts = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN 0 ELSE jobs.attempts END,"
     " updated_at = excluded.updated_at"
 ).bindparams(bindparam("due", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))

@@ -121,6 +121,8 @@ class InMemoryLedger:
             return
         if not job.due:
             job.run_after, job.attempts = self.clock + delay, 0
+        elif job.last_error is None:  # a scheduled check is brought forward; a backoff keeps its time
+            job.run_after = min(job.run_after, self.clock + delay)
         job.requested_seq += 1
 
     def expire_leases(self) -> None:

@@ -115,10 +115,16 @@ def plan_life(
     """
     seen = tuple(_seen(order, klarna, history))
     view, capture_credit, refund_credit = _attribute(order, klarna, history, mapping, options, now)
+    shop_cancelled = _shop_cancelled(order, mapping)
+    blocked: list[Blocked] = []
+    update = _update_authorization(order, klarna, options, history, shop_cancelled, now, blocked)
+    if update is not None:
+        # What follows the update is planned against the authorization it asks for; if Klarna
+        # refuses, the operations after it are not sent and the next plan blocks instead.
+        view = replace(view, order_amount=update.amount, remaining=update.amount - view.captured)
     base = plan(order, view, mapping, options, now=now)
     operations = list(base.operations)
-    blocked = list(base.blocked)
-    shop_cancelled = _shop_cancelled(order, mapping)
+    blocked[:0] = base.blocked
     if shop_cancelled and Action(mapping.get(order.status, Action.NONE)) is Action.CANCEL:
         # Saleor cancels an order whose shipments were all cancelled or returned: the returns are
         # still refunded (the mapping's cancel alone would only release what remains).
@@ -129,7 +135,6 @@ def plan_life(
         refund_credit = _absorb_refunds(returns, refund_credit)
         operations[:0] = returns
 
-    update = _update_authorization(order, klarna, options, history, shop_cancelled, now, blocked)
     if update is not None:
         operations.insert(0, update)
     refunds = _cancelled_shipment_refunds(order, view, options, _available(view, operations), blocked)

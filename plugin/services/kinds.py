@@ -103,7 +103,9 @@ def _capture_note(op: LedgerOperation, order: ShopOrder) -> str:
 
 
 def _refund_note(op: LedgerOperation, order: ShopOrder) -> str:
-    what = "the shipping" if op.reference == "shipping" else fulfillment_name(order, op.reference, "return")
+    found = next((f for f in order.fulfillments if f.id == op.reference), None)
+    noun = "cancelled shipment" if found is not None and found.status == "CANCELED" else "return"
+    what = "the shipping" if op.reference == "shipping" else fulfillment_name(order, op.reference, noun)
     return f"Klarna: refunded {_amount(op)} for {what}. Refund {op.klarna_resource_id}."
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from plugin.cli import main
 from plugin.domain.model import Options
 from plugin.settings import Settings
 from plugin.testing.klarna import FakeClock
+from tests.conftest import SECRET
 from tests.functional.shop import SHOE, TEE, Shop
 
 
@@ -270,3 +274,26 @@ def test_an_exception_closes_once_its_cause_is_gone(life: Shop) -> None:
     # then Klarna is cancelled and the exception is resolved (level-triggered: nothing blocks any more)
     assert life.kstate(kid)["status"] == "CANCELLED"
     assert open_codes(life) == [] and [e.state for e in life.exceptions()] == ["resolved"]
+
+
+def test_reconcile_checks_every_open_order_now_with_a_progress_bar(life: Shop, tmp_path: Path) -> None:
+    # given two open orders whose next check is a day away, and a capture made in Klarna's portal
+    life.install()
+    (first, kid), (second, _other) = life.order(), life.order()
+    life.sync()
+    life.klarna.portal_capture(kid, 2000)
+    env = {
+        "DATABASE_URL": life.settings.database_url,
+        "KLARNA_APP_SECRET_KEYS": SECRET,
+        "KLARNA_APP_INSTANCE_PATH": str(tmp_path / "cli-instance"),
+        "KLARNA_APP_LOG_LEVEL": "ERROR",
+        "KLARNA_BASE_URL": life.klarna_server.base_url,
+    }
+    # when the admin runs `klarna-om reconcile --run`
+    result = CliRunner().invoke(main, ["reconcile", "--run"], env=env)
+    # then both orders are checked now: the portal capture is seen and noted, and each keeps its schedule
+    assert result.exit_code == 0, result.output
+    assert "2 open order(s) queued for a check now" in result.output and "Checking" in result.output
+    assert len(with_text(life, first, "seen in Klarna: captured 20.00 USD outside this app")) == 1
+    assert with_text(life, second, "seen in Klarna") == []
+    assert all(life.scheduled(order) is not None for order in (first, second))

@@ -602,8 +602,8 @@ class _Run:
         }
 
 
-# What a blocked plan step means, by its code: the verb of its note, whether the admin must act
-# (an open exception), and which kind of operation settles it.
+# The verb of a blocked plan step's note, by its code. Every block but a waiting one
+# (lifecycle.QUIET_BLOCKS) opens an exception, which closes once a run plans without it.
 BLOCKED_VERB = {"EXCEEDS_CAPTURED": "refunded", **lifecycle.BLOCKED_VERB}
 # The status the summary shows after the last operation, where Klarna's read predates it.
 SUMMARY_STATUS = {OperationKind.CANCEL: "CANCELLED", OperationKind.RELEASE: "CAPTURED"}

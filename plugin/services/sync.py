@@ -15,7 +15,6 @@ note saying what is not done; an exception resolves itself when a later run does
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -218,11 +217,12 @@ class _Run:
 
     def _schedule(self, klarna: KlarnaPort, state: KlarnaOrder, merchant: MerchantSettings, now: datetime) -> None:
         """Keep the order's next check (the job's delayed run) while something is authorized."""
-        after = state
+        after, soon = state, None
         if self.outcome.performed:
-            # On failure: scheduled from the read before the operations; the check re-reads anyway.
-            with contextlib.suppress(KlarnaFailure):
+            try:
                 after = klarna.get_order(self._klarna_id)
+            except KlarnaFailure:
+                soon = NOTE_RECHECK_SECONDS  # Klarna's state after the operations is unknown: look again soon
         extended = {
             f"op:{op.id}:succeeded" for op in self.ops.values() if op.kind is OperationKind.EXTEND_AUTHORIZATION
         }
@@ -231,7 +231,8 @@ class _Run:
             for n in self.pending.notes
         ]
         wait = lifecycle.check_in(self._order, after, merchant.options, now)
-        if wait is not None:
+        if wait is not None or soon is not None:
+            wait = min(w for w in (wait, soon) if w is not None)
             self.outcome.again_in = wait if self.outcome.again_in is None else min(self.outcome.again_in, wait)
 
     @property

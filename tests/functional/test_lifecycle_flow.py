@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +27,13 @@ def life(settings: Settings) -> Iterator[Shop]:
     shop.close()
 
 
+def placed(shop: Shop, **kwargs: Any) -> tuple[str, str]:
+    """A Klarna order placed in the shop: (Saleor order id, Klarna order id)."""
+    order_id, klarna_id = shop.order(**kwargs)
+    assert klarna_id is not None
+    return order_id, klarna_id
+
+
 def open_codes(shop: Shop) -> list[str]:
     return [e.error_code or "" for e in shop.exceptions() if e.state == "open"]
 
@@ -36,7 +44,7 @@ def with_text(shop: Shop, order_id: str, text: str) -> list[str]:
 
 def test_an_open_order_has_its_next_check_in_the_queue_and_a_closed_one_none(life: Shop) -> None:
     life.install()
-    order_id, _kid = life.order()
+    order_id, _kid = placed(life)
     tee, shoe = life.line_ids(order_id)
     life.sync()
     # an authorized order is looked at again within the routine re-check (24 h by default)
@@ -51,7 +59,7 @@ def test_an_open_order_has_its_next_check_in_the_queue_and_a_closed_one_none(lif
 def test_the_authorization_is_extended_before_it_lapses_once(life: Shop) -> None:
     # given a partly shipped order (something remains to capture)
     life.install()
-    order_id, kid = life.order()
+    order_id, kid = placed(life)
     tee, _shoe = life.line_ids(order_id)
     life.saleor.fulfill(order_id, {tee: 1})
     life.sync()
@@ -73,7 +81,7 @@ def test_the_authorization_is_extended_before_it_lapses_once(life: Shop) -> None
 
 def test_klarnas_180_day_limit_is_announced_with_a_note_and_an_exception(life: Shop) -> None:
     life.install()
-    order_id, _kid = life.order()
+    order_id, _kid = placed(life)
     tee, _shoe = life.line_ids(order_id)
     life.saleor.fulfill(order_id, {tee: 1})
     life.sync()
@@ -92,7 +100,7 @@ def test_klarnas_180_day_limit_is_announced_with_a_note_and_an_exception(life: S
 
 def test_a_lapse_with_extension_off_is_noted_and_open(life: Shop) -> None:
     life.install(options=Options(extend_authorization=False))
-    order_id, kid = life.order()
+    order_id, kid = placed(life)
     tee, _shoe = life.line_ids(order_id)
     life.saleor.fulfill(order_id, {tee: 1})
     life.sync()
@@ -110,7 +118,7 @@ def test_a_lapse_with_extension_off_is_noted_and_open(life: Shop) -> None:
 
 def test_portal_captures_and_refunds_are_recognised_noted_once_and_never_done_twice(life: Shop) -> None:
     life.install()
-    order_id, kid = life.order()
+    order_id, kid = placed(life)
     tee, shoe = life.line_ids(order_id)
     life.sync()
     # when the merchant captures the shoe's 90.00 in Klarna's portal, and the schedule reads Klarna
@@ -142,7 +150,7 @@ def test_portal_captures_and_refunds_are_recognised_noted_once_and_never_done_tw
 
 def test_a_captured_shipment_cancelled_in_saleor_is_refunded_once(life: Shop) -> None:
     life.install()
-    order_id, kid = life.order()
+    order_id, kid = placed(life)
     tee, shoe = life.line_ids(order_id)
     first = life.saleor.fulfill(order_id, {shoe: 1})
     life.sync()
@@ -169,7 +177,7 @@ def test_a_captured_shipment_cancelled_in_saleor_is_refunded_once(life: Shop) ->
 
 def test_a_cancelled_shipment_is_only_flagged_where_the_channel_says_so(life: Shop) -> None:
     life.install(options=Options(cancelled_shipment="flag"))
-    order_id, _kid = life.order()
+    order_id, _kid = placed(life)
     _tee, shoe = life.line_ids(order_id)
     first = life.saleor.fulfill(order_id, {shoe: 1})
     life.sync()
@@ -228,7 +236,7 @@ def test_an_increase_klarna_refuses_is_an_exception_saying_what_to_do(life: Shop
 
 def test_fraud_pending_is_rechecked_on_the_schedule_and_captured_once_accepted(life: Shop) -> None:
     life.install()
-    order_id, kid = life.order(fraud_status="PENDING")
+    order_id, kid = placed(life, fraud_status="PENDING")
     tee, shoe = life.line_ids(order_id)
     life.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     life.sync()
@@ -246,7 +254,7 @@ def test_fraud_pending_is_rechecked_on_the_schedule_and_captured_once_accepted(l
 
 def test_fraud_rejected_means_no_capture_a_note_and_an_exception(life: Shop) -> None:
     life.install()
-    order_id, kid = life.order(fraud_status="PENDING")
+    order_id, kid = placed(life, fraud_status="PENDING")
     tee, shoe = life.line_ids(order_id)
     life.sync()
     life.klarna.set_fraud_status(kid, "REJECTED")
@@ -263,7 +271,7 @@ def test_fraud_rejected_means_no_capture_a_note_and_an_exception(life: Shop) -> 
 def test_an_exception_closes_once_its_cause_is_gone(life: Shop) -> None:
     # given a fraud decision that blocks the order, then the order cancelled in Saleor
     life.install()
-    order_id, kid = life.order(fraud_status="PENDING")
+    order_id, kid = placed(life, fraud_status="PENDING")
     life.sync()
     life.klarna.set_fraud_status(kid, "REJECTED")
     life.advance(minutes=16)
@@ -279,7 +287,7 @@ def test_an_exception_closes_once_its_cause_is_gone(life: Shop) -> None:
 def test_reconcile_checks_every_open_order_now_with_a_progress_bar(life: Shop, tmp_path: Path) -> None:
     # given two open orders whose next check is a day away, and a capture made in Klarna's portal
     life.install()
-    (first, kid), (second, _other) = life.order(), life.order()
+    (first, kid), (second, _other) = placed(life), placed(life)
     life.sync()
     life.klarna.portal_capture(kid, 2000)
     env = {

@@ -37,7 +37,7 @@ def test_the_history_the_planner_sees_is_the_ledgers() -> None:
         ]
     )
     assert history.capture_ids == {"cap-1"} and history.refund_ids == {"ref-1"}
-    assert (history.updates, history.refused_update_amounts) == (1, {9000})
+    assert (history.updates, history.refused_update_amounts) == (1, frozenset({9000}))
     assert history.released and not history.cancelled
 
 

@@ -1,4 +1,4 @@
-"""The ``klarna-om`` command line: serve, worker, db, settings, ops, demo."""
+"""The ``klarna-om`` command line: serve, worker, db, settings, ops, reconcile, demo."""
 
 from __future__ import annotations
 
@@ -385,6 +385,30 @@ def ops_retry(exception_id: int) -> None:
     except ExceptionNotOpen as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(message)
+
+
+@main.command()
+@click.option("--run", "run_here", is_flag=True, help="Run the checks in this process too (else the workers do).")
+def reconcile(run_here: bool) -> None:
+    """Check every open Klarna order now: drift, expiry and fraud decisions (what the schedule does daily)."""
+    services = _services()
+    with services.db.transaction() as session:
+        orders = queue.scheduled_checks(session)
+    with click.progressbar(orders, label="Queueing checks", show_pos=True) as bar:
+        for saleor_api_url, order_id in bar:
+            with services.db.transaction() as session:
+                queue.check_now(session, saleor_api_url, order_id)
+    click.echo(f"{len(orders)} open order(s) queued for a check now")
+    if run_here and orders:
+        from plugin.worker import Worker
+
+        worker = Worker(services.sync_deps(), concurrency=services.settings.worker_concurrency)
+        with click.progressbar(length=len(orders), label="Checking", show_pos=True) as bar:
+            while jobs := worker.claim(worker.concurrency):
+                for job in jobs:
+                    worker.process(job)
+                    bar.update(1)
+        click.echo("done; see `klarna-om ops list` for what needs a look")
 
 
 @main.command()

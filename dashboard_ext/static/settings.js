@@ -123,13 +123,17 @@
     $("password-help").textContent = look[2];
   }
 
+  var FLAGS = ["send_tracking", "write_notes", "refund_shipping_on_full_return", "extend_authorization", "update_authorization", "release_leftovers"];
+  var NUMBERS = ["extension_margin_days", "final_expiry_warning_days", "recheck_hours", "fraud_recheck_minutes"];
   function showMappingAndOptions(mapping, options) {
     state.data.statuses.forEach(function (status) { field("mapping." + status).value = mapping[status] || "none"; });
     Array.prototype.forEach.call(form.querySelectorAll('input[name="options.shipping_with"]'), function (radio) {
       radio.checked = radio.value === options.shipping_with;
     });
-    ["send_tracking", "write_notes", "refund_shipping_on_full_return"].forEach(function (name) {
-      field("options." + name).checked = !!options[name];
+    FLAGS.forEach(function (name) { field("options." + name).checked = !!options[name]; });
+    NUMBERS.forEach(function (name) { field("options." + name).value = options[name] == null ? "" : options[name]; });
+    Array.prototype.forEach.call(form.querySelectorAll('input[name="options.cancelled_shipment"]'), function (radio) {
+      radio.checked = radio.value === options.cancelled_shipment;
     });
   }
 
@@ -151,9 +155,14 @@
     state.data.statuses.forEach(function (status) { doc.mapping[status] = field("mapping." + status).value; });
     var shipping = form.querySelector('input[name="options.shipping_with"]:checked');
     if (shipping) doc.options.shipping_with = shipping.value;
-    ["send_tracking", "write_notes", "refund_shipping_on_full_return"].forEach(function (name) {
-      doc.options[name] = field("options." + name).checked;
+    FLAGS.forEach(function (name) { doc.options[name] = field("options." + name).checked; });
+    // A number the browser cannot read is sent as typed, so the server names the field in its error.
+    NUMBERS.forEach(function (name) {
+      var raw = field("options." + name).value.trim();
+      doc.options[name] = /^\d+$/.test(raw) ? parseInt(raw, 10) : raw;
     });
+    var cancelled = form.querySelector('input[name="options.cancelled_shipment"]:checked');
+    if (cancelled) doc.options.cancelled_shipment = cancelled.value;
     if (state.channel === "*") doc.options.klarna_id_metadata_key = field("options.klarna_id_metadata_key").value.trim();
     return doc;
   }

@@ -45,16 +45,25 @@
         status ? pill(status[0], status[1]) : null,
         k && k.fraud_status && k.fraud_status !== "ACCEPTED" ? pill(k.fraud_status === "REJECTED" ? "error" : "warning", "Fraud " + k.fraud_status.toLowerCase()) : null,
         null),
+      badge(data.badge),
       !data.configured ? callout("warning", "Klarna is not configured", "Set the API credentials for this order's channel on the app's page.") : null,
       data.klarna_error ? callout("critical", "Klarna did not answer", data.klarna_error) : null,
-      amounts(k, data.klarna_order_id),
+      amounts(k, data.klarna_order_id, !data.badge || data.badge.show_expiry),
       k && k.captures.length ? section("Captures", k.captures.map(function (c) { return line(c.id, c.display); })) : null,
       k && k.refunds.length ? section("Refunds", k.refunds.map(function (r) { return line(r.id, r.display); })) : null,
       data.exceptions.length ? section("Open exceptions", data.exceptions.map(exceptionLine)) : null,
       data.operations.length ? section("Operations", data.operations.map(operationLine)) : null);
   }
 
-  function amounts(k, klarnaOrderId) {
+  // Warnings the server worked out: fulfilled but not captured, an open exception, expiry near.
+  function badge(b) {
+    if (!b || !b.warnings.length) return null;
+    return h("div", { class: "inline", role: "status" }, b.warnings.map(function (w) {
+      return h("span", { class: "pill pill-" + (w.code === "EXCEPTION_OPEN" ? "error" : "warning"), title: w.code }, w.text);
+    }));
+  }
+
+  function amounts(k, klarnaOrderId, showExpiry) {
     function item(label, value) { return h("div", null, h("dt", null, label), h("dd", null, value)); }
     function wide(label, value, cls) {
       return h("div", { class: "wide" }, h("dt", null, label), h("dd", { class: cls || null }, value));
@@ -63,7 +72,7 @@
     return h("dl", { class: "kv" },
       item("Authorized", k.authorized.display), item("Captured", k.captured.display),
       item("Refunded", k.refunded.display), item("Remaining", k.remaining.display),
-      k.expires_at ? wide("Authorization expires", B.when(k.expires_at)) : null,
+      k.expires_at && showExpiry ? wide("Authorization expires", B.when(k.expires_at)) : null,
       wide("Klarna order", klarnaOrderId, "mono ids"));
   }
 

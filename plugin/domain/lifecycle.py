@@ -25,8 +25,8 @@ and what the app's ledger says it did (:class:`AppHistory`), :func:`plan_life` r
   ``final_expiry_warning_days`` ahead; a lapsed authorization with goods still to capture is blocked.
 * **Fraud.** PENDING is re-checked soon (:func:`next_check_at`); REJECTED or STOPPED: do not ship.
 
-Operation kinds are the plain strings of ``PlannedOperation.kind``; the new ones are
-``extend_authorization`` and ``update_authorization``. Standard library only.
+Operation kinds are :class:`OperationKind` members; the new ones are ``EXTEND_AUTHORIZATION`` and
+``UPDATE_AUTHORIZATION``. Standard library only.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ from .model import (
 )
 from .money import format_minor, share
 from .plan import SHIPPING_REFERENCE, authorization_lines, klarna_line, plan, shipping_line
+from .states import OperationKind
 
-EXTEND = "extend_authorization"
-UPDATE = "update_authorization"
+EXTEND = OperationKind.EXTEND_AUTHORIZATION
+UPDATE = OperationKind.UPDATE_AUTHORIZATION
 EDITABLE_STATUSES = frozenset({"DRAFT", "UNCONFIRMED"})
 CANCELLED_FULFILLMENT = "CANCELED"
 MAX_AUTHORIZATION_AGE = timedelta(days=180)  # Klarna: no authorization past 180 days after the purchase
@@ -81,7 +82,7 @@ class SeenInKlarna:
     """Something done in Klarna outside this app: noted once under ``key``, counted on every run."""
 
     key: str
-    kind: str  # capture, refund, release, cancel
+    kind: OperationKind  # CAPTURE, REFUND, RELEASE, CANCEL
     amount: int
     klarna_id: str  # the capture or refund id, or the order id
     message: str
@@ -114,19 +115,26 @@ def plan_life(
     """
     seen = tuple(_seen(order, klarna, history))
     view, capture_credit, refund_credit = _attribute(order, klarna, history, mapping, options, now)
+    shop_cancelled = _shop_cancelled(order, mapping)
+    blocked: list[Blocked] = []
+    update = _update_authorization(order, klarna, options, history, shop_cancelled, now, blocked)
+    if update is not None:
+        # What follows the update is planned against the authorization it asks for; if Klarna
+        # refuses, the operations after it are not sent and the next plan blocks instead.
+        view = replace(view, order_amount=update.amount, remaining=update.amount - view.captured)
     base = plan(order, view, mapping, options, now=now)
     operations = list(base.operations)
-    blocked = list(base.blocked)
-    shop_cancelled = _shop_cancelled(order, mapping)
+    blocked[:0] = base.blocked
     if shop_cancelled and Action(mapping.get(order.status, Action.NONE)) is Action.CANCEL:
         # Saleor cancels an order whose shipments were all cancelled or returned: the returns are
         # still refunded (the mapping's cancel alone would only release what remains).
         as_refund = {**mapping, order.status: Action.REFUND}
-        returns = [op for op in plan(order, view, as_refund, options, now=now).operations if op.kind == "refund"]
+        returns = [
+            op for op in plan(order, view, as_refund, options, now=now).operations if op.kind is OperationKind.REFUND
+        ]
         refund_credit = _absorb_refunds(returns, refund_credit)
         operations[:0] = returns
 
-    update = _update_authorization(order, klarna, options, history, shop_cancelled, now, blocked)
     if update is not None:
         operations.insert(0, update)
     refunds = _cancelled_shipment_refunds(order, view, options, _available(view, operations), blocked)
@@ -134,7 +142,7 @@ def plan_life(
         refunds.extend(_shipping_refund(order, view, _available(view, operations + refunds)))
     refund_credit = _absorb_refunds(refunds, refund_credit)
     operations.extend(refunds)
-    captures = [op for op in operations if op.kind == "capture"]
+    captures = [op for op in operations if op.kind is OperationKind.CAPTURE]
     capture_blocked = any(b.code in _CAPTURE_BLOCKS for b in blocked)
     leftover = _leftover(order, view, mapping, options, captures, capture_blocked, shop_cancelled, now)
     if leftover is not None:
@@ -216,7 +224,7 @@ def _seen(order: ShopOrder, klarna: KlarnaOrder, history: AppHistory) -> Iterabl
     for c in _outside_captures(order, klarna, history):
         yield SeenInKlarna(
             f"seen:capture:{c.capture_id}",
-            "capture",
+            OperationKind.CAPTURE,
             c.amount,
             c.capture_id,
             f"Klarna: seen in Klarna: captured {money(c.amount)} outside this app (capture {c.capture_id}).",
@@ -224,7 +232,7 @@ def _seen(order: ShopOrder, klarna: KlarnaOrder, history: AppHistory) -> Iterabl
     for r in _outside_refunds(order, klarna, history):
         yield SeenInKlarna(
             f"seen:refund:{r.refund_id}",
-            "refund",
+            OperationKind.REFUND,
             r.amount,
             r.refund_id,
             f"Klarna: seen in Klarna: refunded {money(r.amount)} outside this app (refund {r.refund_id}).",
@@ -233,7 +241,7 @@ def _seen(order: ShopOrder, klarna: KlarnaOrder, history: AppHistory) -> Iterabl
     if klarna.status == "CAPTURED" and released > 0 and not history.released:
         yield SeenInKlarna(
             "seen:release",
-            "release",
+            OperationKind.RELEASE,
             released,
             klarna.id,
             f"Klarna: seen in Klarna: the remaining {money(released)} was released outside this app.",
@@ -241,7 +249,7 @@ def _seen(order: ShopOrder, klarna: KlarnaOrder, history: AppHistory) -> Iterabl
     if klarna.status == "CANCELLED" and not history.cancelled:
         yield SeenInKlarna(
             "seen:cancel",
-            "cancel",
+            OperationKind.CANCEL,
             klarna.order_amount,
             klarna.id,
             f"Klarna: seen in Klarna: the order was cancelled outside this app ({money(klarna.order_amount)}).",
@@ -270,7 +278,7 @@ def _attribute(
         # What would the app capture if the outside money were still authorized?
         probe_view = replace(klarna, captures=tuple(captures), remaining=klarna.remaining + credit)
         for op in plan(order, probe_view, mapping, options, now=now).operations:
-            if op.kind != "capture" or op.amount > credit:
+            if op.kind is not OperationKind.CAPTURE or op.amount > credit:
                 break
             credit -= op.amount
             captures.append(_covered_capture(op))
@@ -278,7 +286,7 @@ def _attribute(
     refund_credit = sum(r.amount for r in outside_refunds)
     if refund_credit:
         for op in plan(order, view, mapping, options, now=now).operations:
-            if op.kind != "refund":
+            if op.kind is not OperationKind.REFUND:
                 continue
             if op.amount > refund_credit:
                 break
@@ -374,13 +382,13 @@ def _update_authorization(
         return None  # edits reach Klarna only before anything is captured
     if klarna.expires_at is not None and klarna.expires_at <= now:
         return None
-    change = "lowered" if amount < klarna.order_amount else "raised"
+    change = f"from {money(klarna.order_amount)} to {money(amount)}"
     return PlannedOperation(
         UPDATE,
         f"authorization:{history.updates + 1}",
         amount,
         lines,
-        description=f"Order {order.number} edited in the shop: {change} to {money(amount)}",
+        description=f"Order {order.number} edited in the shop: {change}",
     )
 
 
@@ -399,8 +407,11 @@ def _units(fulfillments: Iterable[Fulfillment], order: ShopOrder) -> dict[str, i
 
 def _available(view: KlarnaOrder, operations: list[PlannedOperation]) -> int:
     """Captured and not refunded, once the operations already planned are done."""
-    planned = {kind: sum(op.amount for op in operations if op.kind == kind) for kind in ("capture", "refund")}
-    return view.captured + planned["capture"] - view.refunded - planned["refund"]
+    planned = {
+        kind: sum(op.amount for op in operations if op.kind == kind)
+        for kind in (OperationKind.CAPTURE, OperationKind.REFUND)
+    }
+    return view.captured + planned[OperationKind.CAPTURE] - view.refunded - planned[OperationKind.REFUND]
 
 
 def _cancelled_shipment_refunds(
@@ -467,7 +478,7 @@ def _cancelled_shipment_refunds(
         available -= amount
         operations.append(
             PlannedOperation(
-                "refund",
+                OperationKind.REFUND,
                 fulfillment.id,
                 amount,
                 tuple(lines),
@@ -489,7 +500,11 @@ def _shipping_refund(order: ShopOrder, view: KlarnaOrder, available: int) -> lis
     line = shipping_line(order, gross)
     return [
         PlannedOperation(
-            "refund", SHIPPING_REFERENCE, gross, (line,), description=f"Shipping of cancelled order {order.number}"
+            OperationKind.REFUND,
+            SHIPPING_REFERENCE,
+            gross,
+            (line,),
+            description=f"Shipping of cancelled order {order.number}",
         )
     ]
 
@@ -536,8 +551,8 @@ def _leftover(
         return None
     description = f"Nothing left to ship on order {order.number}"
     if view.captured == 0 and not any(op.amount for op in captures):
-        return PlannedOperation("cancel", view.id, remaining, description=description)
-    return PlannedOperation("release", view.id, remaining, description=description)
+        return PlannedOperation(OperationKind.CANCEL, view.id, remaining, description=description)
+    return PlannedOperation(OperationKind.RELEASE, view.id, remaining, description=description)
 
 
 # --------------------------------------------------------------------------- expiry

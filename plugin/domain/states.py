@@ -20,7 +20,9 @@ class OperationKind(StrEnum):
     REFUND = "refund"
     CANCEL = "cancel"
     RELEASE = "release"  # release the remaining authorization after a partial capture
-    # Room for the authorization's life (issue 10): "extend_authorization", "update_authorization".
+    # The authorization's life (issue 10, plugin/domain/lifecycle.py).
+    EXTEND_AUTHORIZATION = "extend_authorization"  # push expires_at out before it lapses
+    UPDATE_AUTHORIZATION = "update_authorization"  # new amount and lines after an edit before capture
 
 
 class OperationState(StrEnum):

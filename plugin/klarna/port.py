@@ -60,3 +60,11 @@ class KlarnaOrders:
 
     def release_remaining_authorization(self, order_id: str, idempotency_key: str) -> OperationResult:
         return self._done(lambda: self.client.release_remaining_authorization(order_id, idempotency_key))
+
+    # -- the authorization's life (issue 10) ---------------------------------------------------
+
+    def extend_authorization_time(self, order_id: str, idempotency_key: str) -> OperationResult:
+        return self._done(lambda: self.client.extend_authorization_time(order_id, idempotency_key))
+
+    def update_authorization(self, order_id: str, body: Mapping[str, Any], idempotency_key: str) -> OperationResult:
+        return self._done(lambda: self.client.update_authorization(order_id, body, idempotency_key))

@@ -12,14 +12,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from plugin.db.models import ChannelSettings, Operation, ProcessException, utcnow
-from plugin.domain.model import ORDER_STATUSES, Action, KlarnaOrder
+from plugin.domain.model import ORDER_STATUSES, Action, KlarnaOrder, Options
 from plugin.domain.money import format_minor
 from plugin.domain.states import ExceptionState, OperationState, transition
 from plugin.klarna.client import BASE_URLS, base_url
@@ -292,6 +292,28 @@ def klarna_json(order: KlarnaOrder) -> dict[str, Any]:
     }  # fmt: skip
 
 
+EXPIRY_NEAR_DAYS = 7  # the widget warns this close to the authorization's expiry (or the channel's margin)
+_OPEN_IN_KLARNA = frozenset({"AUTHORIZED", "PART_CAPTURED"})
+
+
+def order_badge(
+    shop_status: str | None, klarna: KlarnaOrder | None, open_count: int, options: Options, now: datetime
+) -> dict[str, Any]:
+    """What the widget's badge warns about (issue 10 §7), and whether the expiry means anything still."""
+    open_in_klarna = klarna is not None and klarna.status in _OPEN_IN_KLARNA and klarna.remaining > 0
+    warnings: list[dict[str, str]] = []
+    if klarna is not None and shop_status == "FULFILLED" and klarna.status not in ("CAPTURED", "CANCELLED"):
+        warnings.append({"code": "NOT_CAPTURED", "text": "Fulfilled, but not fully captured in Klarna"})
+    if open_count:
+        warnings.append({"code": "EXCEPTION_OPEN", "text": f"{open_count} open exception(s) need a look"})
+    near = timedelta(days=max(EXPIRY_NEAR_DAYS, options.extension_margin_days))
+    if open_in_klarna and klarna is not None and klarna.expires_at is not None and klarna.expires_at - now <= near:
+        warnings.append(
+            {"code": "EXPIRY_NEAR", "text": f"Authorization expires {klarna.expires_at:%Y-%m-%d %H:%M} UTC"}
+        )
+    return {"warnings": warnings, "show_expiry": open_in_klarna}
+
+
 @dataclass(frozen=True)
 class OrderSources:
     """Where the widget's data comes from; each callable may raise, which the widget reports."""
@@ -327,12 +349,16 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
     with sources.db_transaction() as session:
         merchant = sources.store.get(session, saleor_api_url, channel)
     view["configured"] = bool(merchant and merchant.has_credentials)
+    klarna = None
     if merchant is not None and merchant.has_credentials and view["klarna_order_id"]:
         try:
-            raw = sources.klarna_for(merchant).get_order(view["klarna_order_id"]).json
-            view["klarna"] = klarna_json(parse_order(raw))
+            klarna = parse_order(sources.klarna_for(merchant).get_order(view["klarna_order_id"]).json)
+            view["klarna"] = klarna_json(klarna)
         except KlarnaError as exc:
             view["klarna_error"] = str(exc)
+    options = merchant.options if merchant is not None else Options()
+    status = shop_order.status if shop_order is not None else None
+    view["badge"] = order_badge(status, klarna, view["open_count"], options, utcnow())
     return view
 
 

@@ -16,7 +16,10 @@ from sqlalchemy.orm import Session
 from plugin.db.models import Job, UTCDateTime, utcnow
 from plugin.domain.ledger import ClaimedJob
 
-__all__ = ["ClaimedJob", "claim", "counts", "enqueue", "finish", "renew", "retry_later", "run_now"]
+__all__ = [
+    "ClaimedJob", "check_now", "claim", "counts", "enqueue", "finish", "renew", "retry_later", "run_now",
+    "scheduled_checks",
+]  # fmt: skip
 
 
 # One statement for PostgreSQL and SQLite (>= 3.24), built once: the webhook path runs it on every
@@ -26,8 +29,11 @@ _ENQUEUE = text(
     " created_at, updated_at) VALUES (:url, :order_id, 1, 0, 0, :due, 0, :now, :now)"
     " ON CONFLICT (saleor_api_url, order_id) DO UPDATE SET"
     " requested_seq = jobs.requested_seq + 1,"
-    # A waiting job keeps its schedule (it may be backing off); an idle one runs at once.
-    " run_after = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN excluded.run_after ELSE jobs.run_after END,"
+    # An idle job runs at once; a scheduled check (no error) is brought forward; a job backing off
+    # after an error keeps its time.
+    " run_after = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN excluded.run_after"
+    " WHEN jobs.last_error IS NULL AND excluded.run_after < jobs.run_after THEN excluded.run_after"
+    " ELSE jobs.run_after END,"
     " attempts = CASE WHEN jobs.done_seq >= jobs.requested_seq THEN 0 ELSE jobs.attempts END,"
     " updated_at = excluded.updated_at"
 ).bindparams(bindparam("due", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
@@ -159,3 +165,21 @@ def counts(session: Session) -> dict[str, int]:
     for row in rows:
         result[row.state] += 1
     return result
+
+
+# -- the schedule (issue 10): each open Klarna order keeps its next check as its job's delayed run --
+
+
+def scheduled_checks(session: Session) -> list[tuple[str, str]]:
+    """(saleor_api_url, order_id) of every order whose check waits on the schedule (not backing off)."""
+    rows = session.execute(
+        select(Job.saleor_api_url, Job.order_id)
+        .where(Job.requested_seq > Job.done_seq, Job.last_error.is_(None))
+        .order_by(Job.id)
+    ).all()
+    return [(row.saleor_api_url, row.order_id) for row in rows]
+
+
+def check_now(session: Session, saleor_api_url: str, order_id: str) -> None:
+    """Bring the order's scheduled check forward to now (``klarna-om reconcile``)."""
+    enqueue(session, saleor_api_url, order_id)

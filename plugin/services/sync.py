@@ -39,10 +39,11 @@ from plugin.domain.ledger import (
     QueuedNote,
     RetryLater,
 )
+from plugin.domain.lifecycle import plan_life
 from plugin.domain.model import Action, Blocked, KlarnaOrder, MerchantSettings, PlannedOperation, ShopOrder
 from plugin.domain.money import format_minor
-from plugin.domain.plan import plan
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
+from plugin.services import lifecycle
 from plugin.services.kinds import KINDS, fulfillment_name
 from plugin.services.ports import (
     KlarnaFailure,
@@ -59,7 +60,6 @@ __all__ = ["LeaseLost", "Outcome", "SyncDeps", "Transient", "backoff", "idempote
 logger = logging.getLogger(__name__)
 
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
-FRAUD_RECHECK_SECONDS = 900.0
 NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
 # After giving up, the order is checked again on its own (nothing stranded) at this many retry
 # bases, at most 15 minutes; the open exception tells the admin meanwhile.
@@ -159,6 +159,7 @@ class _Run:
         self.merchant: MerchantSettings | None = None
         self.klarna_state: KlarnaOrder | None = None
         self.told: set[str] = set()  # subjects raised in this run
+        self.planned = False  # the run read Klarna and planned: a block it did not raise is gone
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -192,22 +193,47 @@ class _Run:
         self._deliver_and_finish()
 
     def _sync_klarna(self, merchant: MerchantSettings) -> None:
+        # Klarna is read on every run, whatever the mapping says for the status: a scheduled check
+        # (expiry, drift, a fraud decision) has no webhook of its own.
         order = self._order
-        if merchant.action_for(order.status) is Action.NONE and not self._unsettled():
-            return  # nothing to reflect: no need to ask Klarna
         klarna = self.deps.klarna_for(merchant)
         state = self._read_klarna(klarna)
         if state is None:
             return
         state = self._reconcile(state)
         self.klarna_state = state
-        planned = plan(order, state, merchant.mapping, merchant.options, now=self.deps.now())
-        self._supersede(planned.operations)
-        for blocked in planned.blocked:
+        now = self.deps.now()
+        history = lifecycle.app_history(self.ops.values())
+        life = plan_life(order, state, merchant.mapping, merchant.options, history, now=now)
+        self.planned = True
+        self._supersede(life.operations)
+        self.pending.notes.extend(lifecycle.seen_notes(life.seen, self._klarna_id))
+        for blocked in life.blocked:
             self._blocked(blocked)
-        for op in planned.operations:
+        for op in life.operations:
             if not self._perform(klarna, op):
                 break
+        self._schedule(klarna, state, merchant, now)
+
+    def _schedule(self, klarna: KlarnaPort, state: KlarnaOrder, merchant: MerchantSettings, now: datetime) -> None:
+        """Keep the order's next check (the job's delayed run) while something is authorized."""
+        after, soon = state, None
+        if self.outcome.performed:
+            try:
+                after = klarna.get_order(self._klarna_id)
+            except KlarnaFailure:
+                soon = NOTE_RECHECK_SECONDS  # Klarna's state after the operations is unknown: look again soon
+        extended = {
+            f"op:{op.id}:succeeded" for op in self.ops.values() if op.kind is OperationKind.EXTEND_AUTHORIZATION
+        }
+        self.pending.notes = [
+            replace(n, message=lifecycle.extension_note(after)) if n.dedupe in extended else n
+            for n in self.pending.notes
+        ]
+        wait = lifecycle.check_in(self._order, after, merchant.options, now)
+        if wait is not None or soon is not None:
+            wait = min(w for w in (wait, soon) if w is not None)
+            self.outcome.again_in = wait if self.outcome.again_in is None else min(self.outcome.again_in, wait)
 
     @property
     def _order(self) -> ShopOrder:
@@ -217,9 +243,6 @@ class _Run:
     @property
     def _klarna_id(self) -> str:
         return self._order.klarna_order_id or ""
-
-    def _unsettled(self) -> bool:
-        return any(op.state is OperationState.PENDING for op in self.ops.values())
 
     def _read_klarna(self, klarna: KlarnaPort) -> KlarnaOrder | None:
         try:
@@ -257,12 +280,11 @@ class _Run:
                 self._update(replace(op, state=transition(op.state, OperationState.SUPERSEDED)))
 
     def _blocked(self, blocked: Blocked) -> None:
-        if blocked.retry_later:
-            self.outcome.again_in = FRAUD_RECHECK_SECONDS
+        # A block that waits (fraud review) is looked at again on the order's schedule.
         verb = BLOCKED_VERB.get(blocked.code, "captured")
-        note_key = f"blocked:{blocked.code}:{blocked.reference}:{self._klarna_id}"
+        note_key = lifecycle.blocked_note_key(blocked, self._klarna_id)
         message = f"Klarna: not {verb}: {blocked.message}."
-        if blocked.code in BLOCKED_EXCEPTIONS:
+        if blocked.code not in lifecycle.QUIET_BLOCKS:
             self._raise(
                 f"blocked:{blocked.code}:{blocked.reference}",
                 blocked.code,
@@ -341,6 +363,9 @@ class _Run:
             self._update(failed, log=exc.log)
             raise Transient(str(exc), exc.retry_after, progressed=self.progressed)
         failed = self._update(replace(failed, state=transition(op.state, OperationState.FAILED)), log=exc.log)
+        if op.kind in lifecycle.REPLANNED_ON_REFUSAL:
+            self.outcome.again_in = 0.0  # the next plan says what Klarna refused and what to do
+            return False
         spec = KINDS[op.kind]
         amount = format_minor(op.amount, op.currency)
         reason = f"{exc.code}: {exc.reason}"
@@ -446,26 +471,13 @@ class _Run:
             op = self.ops.get(exc.operation_id or int(rest or 0))
             return op is not None and op.state is OperationState.SUCCEEDED
         if kind == "blocked":
-            code, _, reference = rest.partition(":")
-            wanted = BLOCKED_KIND.get(code)
-            return wanted is not None and self._done(wanted, reference)
+            # Level-triggered: the run planned and the block is not there any more.
+            return self.planned
         if kind == "config":
             return self.merchant is not None and self.merchant.has_credentials
         if kind == "read":
             return self.klarna_state is not None
         return kind == "sync"  # the whole run went through
-
-    def _done(self, kind: OperationKind, reference: str) -> bool:
-        if any(
-            op.kind is kind and op.reference == reference and op.state is OperationState.SUCCEEDED
-            for op in self.ops.values()
-        ):
-            return True
-        state = self.klarna_state
-        if state is None:
-            return False
-        records = state.captures if kind is OperationKind.CAPTURE else state.refunds
-        return any(r.reference == reference for r in records)
 
     # -- failure of the run --------------------------------------------------------------------
 
@@ -591,10 +603,8 @@ class _Run:
         }
 
 
-# What a blocked plan step means, by its code: the verb of its note, whether the admin must act
-# (an open exception), and which kind of operation settles it.
-BLOCKED_VERB = {"EXCEEDS_CAPTURED": "refunded"}
-BLOCKED_EXCEPTIONS = frozenset({"EXCEEDS_REMAINING", "EXCEEDS_CAPTURED"})
-BLOCKED_KIND = {"EXCEEDS_REMAINING": OperationKind.CAPTURE, "EXCEEDS_CAPTURED": OperationKind.REFUND}
+# The verb of a blocked plan step's note, by its code. Every block but a waiting one
+# (lifecycle.QUIET_BLOCKS) opens an exception, which closes once a run plans without it.
+BLOCKED_VERB = {"EXCEEDS_CAPTURED": "refunded", **lifecycle.BLOCKED_VERB}
 # The status the summary shows after the last operation, where Klarna's read predates it.
 SUMMARY_STATUS = {OperationKind.CANCEL: "CANCELLED", OperationKind.RELEASE: "CAPTURED"}

@@ -13,6 +13,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from plugin.domain.ledger import (
@@ -120,6 +121,8 @@ class InMemoryLedger:
             return
         if not job.due:
             job.run_after, job.attempts = self.clock + delay, 0
+        elif job.last_error is None:  # a scheduled check is brought forward; a backoff keeps its time
+            job.run_after = min(job.run_after, self.clock + delay)
         job.requested_seq += 1
 
     def expire_leases(self) -> None:
@@ -278,6 +281,8 @@ class InMemoryKlarna:
     answers: dict[str, OperationResult] = field(default_factory=dict)
     performed: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, order id, amount)
     calls: list[str] = field(default_factory=list)
+    now: Callable[[], datetime] | None = None  # Klarna's clock, for extensions (None: from the expiry)
+    increases: bool = True  # Klarna approves an authorization increase
 
     def authorize(self, amount: int, currency: str = "EUR", **fields: Any) -> str:
         order_id = str(uuid.uuid4())
@@ -361,6 +366,43 @@ class InMemoryKlarna:
             order = self.orders[order_id]
             self.orders[order_id] = replace(order, status="CAPTURED", remaining=0)
             self.performed.append(("release", order_id, order.remaining))
+            return OperationResult(None, {"status": 204})
+
+        return self._replay(idempotency_key, perform)
+
+    # -- the authorization's life (issue 10): Klarna's rules in short ---------------------------
+
+    def extend_authorization_time(self, order_id: str, idempotency_key: str) -> OperationResult:
+        """``expires_at`` moves to ``now`` + 28 days, never past 180 days after the purchase."""
+        self._fail("extend")
+
+        def perform() -> OperationResult:
+            order = self.orders[order_id]
+            now = self.now() if self.now else order.expires_at
+            limit = order.created_at + timedelta(days=180) if order.created_at else None
+            if order.status not in ("AUTHORIZED", "PART_CAPTURED") or order.expires_at is None or now is None:
+                raise self._refused("NOT_ALLOWED")
+            if limit is not None and order.expires_at >= limit:
+                raise self._refused("NOT_ALLOWED")
+            expires = now + timedelta(days=28)
+            self.orders[order_id] = replace(order, expires_at=max(order.expires_at, min(expires, limit or expires)))
+            self.performed.append(("extend_authorization", order_id, order.remaining))
+            return OperationResult(None, {"status": 204})
+
+        return self._replay(idempotency_key, perform)
+
+    def update_authorization(self, order_id: str, body: Mapping[str, Any], idempotency_key: str) -> OperationResult:
+        """A new ``order_amount``: a decrease goes through, an increase only where ``increases`` allows it."""
+        self._fail("update_authorization")
+
+        def perform() -> OperationResult:
+            order, amount = self.orders[order_id], int(body["order_amount"])
+            if order.status not in ("AUTHORIZED", "PART_CAPTURED") or amount < order.captured:
+                raise self._refused("NOT_ALLOWED")
+            if amount > order.order_amount and not self.increases:
+                raise self._refused("NOT_ALLOWED")
+            self.orders[order_id] = replace(order, order_amount=amount, remaining=amount - order.captured)
+            self.performed.append(("update_authorization", order_id, amount))
             return OperationResult(None, {"status": 204})
 
         return self._replay(idempotency_key, perform)

@@ -106,6 +106,11 @@ def test_settings_page_saves_and_the_worker_follows_the_mapping(page: Any, stack
     frame.locator('input[name="password"]').fill("secret")
     frame.locator('select[name="mapping.FULFILLED"]').select_option("none")
     frame.locator('select[name="mapping.PARTIALLY_FULFILLED"]').select_option("none")
+    # and the authorization's life: checks every 6 hours, cancelled shipments flagged, no extension
+    assert frame.locator('input[name="options.recheck_hours"]').input_value() == "24"
+    frame.locator('input[name="options.recheck_hours"]').fill("6")
+    frame.locator('input[name="options.cancelled_shipment"][value="flag"]').check()
+    frame.locator('input[name="options.extend_authorization"]').uncheck()
     frame.locator("#test-button").click()
     frame.locator("#test-result.ok").wait_for(timeout=TIMEOUT)
     assert "Credentials work" in frame.locator("#test-result").inner_text()
@@ -121,6 +126,10 @@ def test_settings_page_saves_and_the_worker_follows_the_mapping(page: Any, stack
     assert frame.locator("#password-state").inner_text() == "Set"
     assert frame.locator('select[name="mapping.FULFILLED"]').input_value() == "none"
     assert frame.locator('select[name="mapping.PARTIALLY_FULFILLED"]').input_value() == "none"
+    assert frame.locator('input[name="options.recheck_hours"]').input_value() == "6"
+    assert frame.locator('input[name="options.cancelled_shipment"][value="flag"]').is_checked()
+    assert not frame.locator('input[name="options.extend_authorization"]').is_checked()
+    assert frame.locator('input[name="options.update_authorization"]').is_checked()
     assert not any("secret" in body for body in api_bodies)
 
     # A forced nonsensical choice is refused by the server, next to the field, and nothing is saved.
@@ -256,6 +265,8 @@ def test_order_widget_shows_klarna_state_and_retries(page: Any, stack: Stack, sc
     assert "30.00 USD" in text
     assert "25.00 USD" in text
     assert "REFUND_NOT_ALLOWED" in text
+    # the badge warns of the open exception; the expiry shows while something remains authorized
+    assert "1 open exception(s) need a look" in text and "Authorization expires" in text
     resized = [m for m in page.evaluate("window.dashboard.messages") if m["type"] == "widgetResize"]
     assert resized
     assert resized[-1]["payload"]["height"] > 150

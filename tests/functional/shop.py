@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +16,7 @@ from plugin.db.models import Job, Operation, ProcessException, utcnow
 from plugin.domain.money import to_minor
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
-from plugin.testing.klarna import FakeKlarnaServer
+from plugin.testing.klarna import FakeClock, FakeKlarna, FakeKlarnaServer
 from plugin.testing.saleor import FakeSaleor, wsgi_transport
 from plugin.worker import Worker
 
@@ -39,14 +39,35 @@ SHOE = {
 
 
 class Shop:
-    def __init__(self, settings: Settings) -> None:
-        self.klarna_server = FakeKlarnaServer().start()
+    def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
+        """``clock``: Klarna's and the app's time, moved by :meth:`advance` (the queue's time follows)."""
+        self.clock = clock
+        self.klarna_server = FakeKlarnaServer(FakeKlarna(now=clock) if clock else None).start()
         self.klarna = self.klarna_server.fake
         self.settings = replace(settings, klarna_base_url=self.klarna_server.base_url)
         self.services = Services.build(self.settings)
         self.app = create_app(services=self.services)
         self.saleor = FakeSaleor(app_transport=wsgi_transport(self.app.wsgi_app)).start()
-        self.worker = Worker(self.services.sync_deps(), concurrency=4, retry_base=0.01)
+        deps = self.services.sync_deps()
+        self.worker = Worker(replace(deps, now=clock) if clock else deps, concurrency=4, retry_base=0.01)
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> None:
+        """Time passes: Klarna's clock moves, and every waiting job comes that much closer to due."""
+        assert self.clock is not None, "Shop(settings, clock=FakeClock(...))"
+        step = delta if delta is not None else timedelta(**kwargs)
+        self.clock.advance(step)
+        with self.services.db.transaction() as session:
+            for job in session.scalars(select(Job).where(Job.requested_seq > Job.done_seq)):
+                job.run_after = job.run_after - step
+
+    def scheduled(self, order_id: str) -> timedelta | None:
+        """How long until the order's next check (None: no check waiting)."""
+        with self.services.db.transaction() as session:
+            job = session.scalars(select(Job).where(Job.order_id == order_id)).one_or_none()
+            if job is None or job.requested_seq <= job.done_seq:
+                return None
+            run_after = job.run_after if job.run_after.tzinfo else job.run_after.replace(tzinfo=UTC)  # SQLite
+            return run_after - utcnow()
 
     def close(self) -> None:
         self.saleor.stop()

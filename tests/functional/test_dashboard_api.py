@@ -574,6 +574,9 @@ def test_order_view_shows_klarna_live_state_ledger_and_exceptions(
     assert [op["kind"] for op in body["operations"]] == ["capture"]
     assert body["open_count"] == 1
     assert body["exceptions"][0]["error_code"] == "CAPTURE_NOT_ALLOWED"
+    # the badge: an open exception; the expiry shown while something remains authorized
+    assert [w["code"] for w in body["badge"]["warnings"]] == ["EXCEPTION_OPEN"]
+    assert body["badge"]["show_expiry"] is True
 
 
 def test_order_view_of_an_order_that_is_not_klarnas(client: Any, saleor: FakeSaleor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from plugin.domain.model import Options
 from tests.functional.shop import SHOE, TEE, Shop
 
 
@@ -57,22 +58,24 @@ def test_cancel_before_capture(shop: Shop) -> None:
     assert len(shop.saleor.notes(order_id)) == 1 and "cancelled" in shop.saleor.notes(order_id)[0]
 
 
-def test_cancel_after_partial_capture_releases_the_remainder(shop: Shop) -> None:
+def test_cancel_after_partial_capture_refunds_the_cancelled_shipment_and_releases_the_remainder(shop: Shop) -> None:
     shop.install()
     order_id, kid = shop.order()
     _tee, shoe = shop.line_ids(order_id)
     fulfillment = shop.saleor.fulfill(order_id, {shoe: 1}, tracking_number="T1")
     shop.sync()
-    # when the admin cancels the shipment and then the order
+    # when the admin cancels the shipment (goods back in stock) and then the order
     shop.saleor.cancel_fulfillment(order_id, fulfillment)
     shop.saleor.cancel_order(order_id)
     shop.sync()
-    # then the captured 90.00 stays, the remaining 40.00 is released, nothing is cancelled
+    # then the captured 90.00 is refunded once (issue 10), the remaining 40.00 released, nothing cancelled
     state = shop.kstate(kid)
-    assert (state["captured_amount"], state["remaining_authorized_amount"]) == (9000, 0)
-    assert shop.performed("releases") == 1 and shop.performed("cancels") == 0
+    assert (state["captured_amount"], state["refunded_amount"], state["remaining_authorized_amount"]) == (9000, 9000, 0)
+    assert shop.performed("releases") == 1 and shop.performed("refunds") == 1 and shop.performed("cancels") == 0
     notes = shop.saleor.notes(order_id)
-    assert len(notes) == 2 and "released the remaining authorization of 40.00 USD" in notes[1]
+    number = shop.saleor.order(order_id)["number"]
+    assert len(notes) == 3 and any("released the remaining authorization of 40.00 USD" in n for n in notes)
+    assert any(f"refunded 90.00 USD for cancelled shipment #{number}-1" in n for n in notes)
 
 
 def test_full_refund_on_returned(shop: Shop) -> None:
@@ -266,8 +269,8 @@ def test_an_unknown_klarna_order_becomes_a_process_exception_and_a_note(shop: Sh
 
 
 def test_a_final_klarna_refusal_is_a_process_exception_with_its_correlation_id(shop: Shop) -> None:
-    # given a Klarna order authorized for less than the shop's order
-    shop.install()
+    # given a Klarna order authorized for less than the shop's order (authorization updates off)
+    shop.install(options=Options(update_authorization=False))
     kid = shop.klarna.create_order(order_amount=5000)
     order_id = shop.saleor.create_order(lines=[dict(SHOE)], klarna_order_id=kid)
     shoe = shop.line_ids(order_id)[0]
@@ -299,8 +302,8 @@ def test_an_unconfigured_channel_is_reported_once_when_there_is_something_to_do(
 
 
 def test_a_retry_that_is_blocked_again_reopens_the_exception_with_a_fresh_note(shop: Shop) -> None:
-    # given a shipment worth more than Klarna still has authorized, reported once
-    shop.install()
+    # given a shipment worth more than Klarna still has authorized, reported once (authorization updates off)
+    shop.install(options=Options(update_authorization=False))
     kid = shop.klarna.create_order(order_amount=5000)
     order_id = shop.saleor.create_order(lines=[dict(SHOE)], klarna_order_id=kid)
     shop.saleor.fulfill(order_id, {shop.line_ids(order_id)[0]: 1})

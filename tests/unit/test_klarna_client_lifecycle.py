@@ -9,12 +9,15 @@ from datetime import UTC, datetime
 import pytest
 
 from plugin.domain.model import KlarnaLine, PlannedOperation
+from plugin.domain.states import OperationKind
 from plugin.klarna.client import KlarnaOrdersClient
 from plugin.klarna.errors import KlarnaNotAllowedError
-from plugin.klarna.orders import parse_order, request_body
+from plugin.klarna.orders import parse_order
+from plugin.services.kinds import KINDS
 from plugin.testing.klarna import FakeClock, FakeKlarna, FakeKlarnaServer, _request_validator
 
 START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+UPDATE = OperationKind.UPDATE_AUTHORIZATION
 SHIRT = KlarnaLine("physical", "SKU-1", "Shirt", 2, 3000, 6000, 0, 2500, 1200)
 
 
@@ -38,8 +41,8 @@ def test_update_authorization_sends_a_spec_valid_body_and_lowers_the_amount(
 ) -> None:
     # given an order of 10000
     order_id = fake.create_order(order_amount=10000)
-    op = PlannedOperation("update_authorization", order_id, 6000, (SHIRT,), description="Order 7 edited in the shop")
-    body = request_body(op)
+    op = PlannedOperation(UPDATE, order_id, 6000, (SHIRT,), description="Order 7 edited in the shop")
+    body = KINDS[op.kind].body(op)
     assert body is not None
     assert not list(
         _request_validator("PATCH", "/ordermanagement/v1/orders/{order_id}/authorization").iter_errors(body)
@@ -60,7 +63,7 @@ def test_refused_increase_raises_not_allowed_and_changes_nothing(fake: FakeKlarn
     # given a card order Klarna will not raise
     order_id = fake.create_order(order_amount=6000, payment_method="PAY_LATER_BY_CARD")
     three = KlarnaLine("physical", "SKU-1", "Shirt", 3, 3000, 9000, 0, 2500, 1800)
-    body = request_body(PlannedOperation("update_authorization", order_id, 9000, (three,)))
+    body = KINDS[UPDATE].body(PlannedOperation(UPDATE, order_id, 9000, (three,)))
     assert body is not None
     # when the increase is sent, then Klarna refuses it with NOT_ALLOWED and the amount stays
     with pytest.raises(KlarnaNotAllowedError) as refused:

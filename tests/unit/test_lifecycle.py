@@ -38,7 +38,8 @@ from plugin.domain.model import (
     ShopOrder,
 )
 from plugin.domain.plan import authorization_lines, klarna_line, shipping_line
-from plugin.klarna.orders import parse_order, request_body
+from plugin.klarna.orders import parse_order
+from plugin.services.kinds import KINDS
 from plugin.services.merchant import SettingsInvalid, validate
 from plugin.testing.klarna import FakeClock, FakeKlarna
 from tests.unit.test_plan import line, return_units, saleor_status, ship, shop_order
@@ -143,7 +144,7 @@ class World:
         if op.kind in ("capture", "refund") and op.amount == 0:
             return True  # free goods: recorded by the app, never sent
         headers = {"Authorization": AUTH, "Klarna-Idempotency-Key": str(uuid.uuid4())}
-        body = request_body(op)
+        body = KINDS[op.kind].body(op)
         response = self.client.open(BASE + self.klarna_id + path[1], method=path[0], json=body, headers=headers)
         if response.status_code >= 400:
             error = response.get_json()

@@ -29,7 +29,9 @@ TABLES = [
 
 
 def test_the_stored_values_are_the_ones_the_ledger_has_always_written() -> None:
-    assert [k.value for k in OperationKind] == ["capture", "refund", "cancel", "release"]
+    assert [k.value for k in OperationKind] == [
+        "capture", "refund", "cancel", "release", "extend_authorization", "update_authorization"
+    ]  # fmt: skip
     assert [s.value for s in OperationState] == ["pending", "succeeded", "failed", "superseded"]
     assert [s.value for s in NoteState] == ["pending", "written", "skipped"]
     assert [s.value for s in ExceptionState] == ["open", "retried", "dismissed", "resolved"]

@@ -342,8 +342,10 @@ def _rekey(op: object, generation: int) -> str:
 
 
 def test_a_retry_that_is_blocked_again_reopens_the_exception_with_a_fresh_note() -> None:
-    # given a shipment worth more than Klarna authorized
+    # given a shipment worth more than Klarna authorized (and no authorization update to close the gap)
     rig = Rig()
+    merchant = rig.ledger.channels["*"]
+    rig.ledger.channels["*"] = replace(merchant, options=replace(merchant.options, update_authorization=False))
     rig.shop(authorized=7085)
     rig.run()
     [exception] = rig.ledger.exceptions.values()

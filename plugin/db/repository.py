@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
 from plugin.db import Database
-from plugin.db.models import Installation, Note, Operation, ProcessException, UTCDateTime, utcnow
+from plugin.db.models import ChannelSettings, Installation, Note, Operation, ProcessException, UTCDateTime, utcnow
 from plugin.domain.ledger import (
     Changes,
     ClaimedJob,
@@ -43,6 +43,21 @@ _OPS = cast(Table, Operation.__table__)
 _NOTES = cast(Table, Note.__table__)
 _EXCEPTIONS = cast(Table, ProcessException.__table__)
 
+_INSTALLATIONS = cast(Table, Installation.__table__)
+_CHANNELS = cast(Table, ChannelSettings.__table__)
+# The installation with its channels' settings (none: one row of NULLs), in one round trip.
+_LOAD_INSTALLATION = (
+    select(
+        _INSTALLATIONS.c.token_encrypted, _INSTALLATIONS.c.app_id, _CHANNELS.c.channel_slug, _CHANNELS.c.region,
+        _CHANNELS.c.environment, _CHANNELS.c.username, _CHANNELS.c.password_encrypted, _CHANNELS.c.mapping,
+        _CHANNELS.c.options,
+    )
+    .select_from(
+        _INSTALLATIONS.outerjoin(_CHANNELS, _CHANNELS.c.saleor_api_url == _INSTALLATIONS.c.saleor_api_url)
+    )
+    .where(_INSTALLATIONS.c.saleor_api_url == bindparam("url"))
+    .order_by(_CHANNELS.c.channel_slug)
+)  # fmt: skip
 _LOAD_OPERATIONS = select(
     _OPS.c.id, _OPS.c.kind, _OPS.c.reference, _OPS.c.amount, _OPS.c.currency, _OPS.c.klarna_order_id,
     _OPS.c.idempotency_key, _OPS.c.generation, _OPS.c.state, _OPS.c.request_body, _OPS.c.klarna_resource_id,
@@ -101,17 +116,16 @@ class SqlLedger:
 
     def load(self, job: ClaimedJob) -> JobSnapshot | None:
         params = {"url": job.saleor_api_url, "order_id": job.order_id}
-        with self.db.transaction() as session:
-            installation = session.execute(
-                select(Installation.token_encrypted, Installation.app_id).where(
-                    Installation.saleor_api_url == job.saleor_api_url
-                )
-            ).first()
-            if installation is None:
+        with self.db.engine.begin() as conn:  # Core statements built once; one row per channel
+            rows = conn.execute(_LOAD_INSTALLATION, params).all()
+            if not rows:
                 return None
-            channels = {m.channel: m for m in self.store.all(session, job.saleor_api_url)}
-            operations = tuple(_operation(row) for row in session.execute(_LOAD_OPERATIONS, params))
-            notes = tuple(QueuedNote(row.id, row.message) for row in session.execute(_LOAD_NOTES, params))
+            installation = rows[0]
+            channels = {
+                m.channel: m for m in (self.store.from_row(row) for row in rows if row.channel_slug is not None)
+            }
+            operations = tuple(_operation(row) for row in conn.execute(_LOAD_OPERATIONS, params))
+            notes = tuple(QueuedNote(row.id, row.message) for row in conn.execute(_LOAD_NOTES, params))
             exceptions = tuple(
                 OpenException(
                     id=row.id,
@@ -121,7 +135,7 @@ class SqlLedger:
                     operation_id=row.operation_id,
                     reopened=row.reopened,
                 )
-                for row in session.execute(_LOAD_EXCEPTIONS, params)
+                for row in conn.execute(_LOAD_EXCEPTIONS, params)
             )
         return JobSnapshot(
             token=self.box.decrypt(installation.token_encrypted),

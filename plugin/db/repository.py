@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from sqlalchemy import BindParameter, Connection, String, Table, bindparam, case, func, literal, select, text, update
@@ -109,14 +110,21 @@ class SqlLedger:
 
     def __init__(self, db: Database, store: SettingsStore, box: SecretBox) -> None:
         self.db, self.store, self.box = db, store, box
+        # PostgreSQL runs the claim (one statement) and the load (reads, each with its own snapshot
+        # under READ COMMITTED either way) in autocommit: no BEGIN and COMMIT round trips. SQLite
+        # keeps a transaction (the load's reads then share one snapshot).
+        self._autocommit = db.engine.execution_options(isolation_level="AUTOCOMMIT") if db.is_postgres else None
+
+    def _reads(self) -> AbstractContextManager[Connection]:
+        return self._autocommit.connect() if self._autocommit is not None else self.db.engine.begin()
 
     def claim(self, owner: str, *, lease_seconds: int, limit: int) -> list[queue.ClaimedJob]:
-        with self.db.engine.begin() as conn:
+        with self._reads() as conn:
             return queue.claim(conn, owner, lease_seconds=lease_seconds, limit=limit)
 
     def load(self, job: ClaimedJob) -> JobSnapshot | None:
         params = {"url": job.saleor_api_url, "order_id": job.order_id}
-        with self.db.engine.begin() as conn:  # Core statements built once; one row per channel
+        with self._reads() as conn:  # Core statements built once; one row per channel
             rows = conn.execute(_LOAD_INSTALLATION, params).all()
             if not rows:
                 return None

@@ -116,7 +116,7 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
         for fulfillment in saleor.order(order_b)["fulfillments"]:
             saleor.cancel_fulfillment(order_b, fulfillment["id"])
         saleor.cancel_order(order_b)
-        settle("Order #22 cancelled after the partial capture", order_b, kid_b)
+        settle("Order #22: its shipment cancelled (goods back in stock), then the order", order_b, kid_b)
         echo(f"Klarna performed: {klarna.counts()}")
     finally:
         worker.stop()

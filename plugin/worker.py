@@ -113,13 +113,16 @@ class Worker:
         """Poll and process until :meth:`stop`; in-flight jobs finish before returning."""
         busy: set[Future[None]] = set()
         lock = threading.Lock()
+        # Claims batch: while jobs run, a claim waits until this many slots are free (one claim
+        # transaction for several jobs instead of one per finished job).
+        batch = max(1, self.concurrency // 8)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="klarna-om-job") as pool:
             while not self._stop.is_set():
                 self.housekeep()
                 with lock:
                     free = self.concurrency - len(busy)
                 try:
-                    jobs = self.claim(free) if free > 0 else []
+                    jobs = self.claim(free) if free >= batch or free == self.concurrency else []
                 except Exception:
                     logger.warning("claiming jobs failed; retrying", exc_info=True)
                     jobs = []

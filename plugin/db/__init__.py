@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -19,6 +21,9 @@ if TYPE_CHECKING:  # alembic is imported only when migrating
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+PING_IDLE_SECONDS = 1.0  # a pooled connection idle longer than this is pinged before use
 
 
 class NotMigratedError(Exception):
@@ -45,11 +50,32 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     for scheme in ("postgresql://", "postgres://"):  # postgres:// is what Heroku and others hand out
         if url.startswith(scheme):
             url = "postgresql+psycopg://" + url.removeprefix(scheme)
-    # pre_ping: a connection PostgreSQL dropped is replaced before use instead of failing a request.
     # connect_timeout: a server that does not answer is reported in seconds, not after the OS gives up.
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args={"connect_timeout": 5}
-    )
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args={"connect_timeout": 5})
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pre-ping, but only a connection that sat in the pool for ``PING_IDLE_SECONDS``: a connection
+    PostgreSQL dropped is replaced before use instead of failing a request, without a round trip
+    on every checkout (the worker checks a connection out several times per order). A connection
+    used a moment ago that breaks now fails like one that breaks mid-transaction: SQLAlchemy sees
+    the disconnect and renews the pool, and the request or job is retried."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"stale pooled connection: {exc.__class__.__name__}") from exc
 
 
 def _create_private(path: Path) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, literal, select, text, update
+from sqlalchemy import BindParameter, Connection, String, Table, bindparam, case, func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
 from plugin.db import Database
-from plugin.db.models import Installation, Note, Operation, ProcessException, UTCDateTime, utcnow
+from plugin.db.models import ChannelSettings, Installation, Note, Operation, ProcessException, UTCDateTime, utcnow
 from plugin.domain.ledger import (
     Changes,
     ClaimedJob,
@@ -43,6 +44,21 @@ _OPS = cast(Table, Operation.__table__)
 _NOTES = cast(Table, Note.__table__)
 _EXCEPTIONS = cast(Table, ProcessException.__table__)
 
+_INSTALLATIONS = cast(Table, Installation.__table__)
+_CHANNELS = cast(Table, ChannelSettings.__table__)
+# The installation with its channels' settings (none: one row of NULLs), in one round trip.
+_LOAD_INSTALLATION = (
+    select(
+        _INSTALLATIONS.c.token_encrypted, _INSTALLATIONS.c.app_id, _CHANNELS.c.channel_slug, _CHANNELS.c.region,
+        _CHANNELS.c.environment, _CHANNELS.c.username, _CHANNELS.c.password_encrypted, _CHANNELS.c.mapping,
+        _CHANNELS.c.options,
+    )
+    .select_from(
+        _INSTALLATIONS.outerjoin(_CHANNELS, _CHANNELS.c.saleor_api_url == _INSTALLATIONS.c.saleor_api_url)
+    )
+    .where(_INSTALLATIONS.c.saleor_api_url == bindparam("url"))
+    .order_by(_CHANNELS.c.channel_slug)
+)  # fmt: skip
 _LOAD_OPERATIONS = select(
     _OPS.c.id, _OPS.c.kind, _OPS.c.reference, _OPS.c.amount, _OPS.c.currency, _OPS.c.klarna_order_id,
     _OPS.c.idempotency_key, _OPS.c.generation, _OPS.c.state, _OPS.c.request_body, _OPS.c.klarna_resource_id,
@@ -94,24 +110,30 @@ class SqlLedger:
 
     def __init__(self, db: Database, store: SettingsStore, box: SecretBox) -> None:
         self.db, self.store, self.box = db, store, box
+        # PostgreSQL runs the claim (one statement) and the load (reads, each with its own snapshot
+        # under READ COMMITTED either way) in autocommit: no BEGIN and COMMIT round trips. SQLite
+        # keeps a transaction (the load's reads then share one snapshot).
+        self._autocommit = db.engine.execution_options(isolation_level="AUTOCOMMIT") if db.is_postgres else None
+
+    def _reads(self) -> AbstractContextManager[Connection]:
+        return self._autocommit.connect() if self._autocommit is not None else self.db.engine.begin()
 
     def claim(self, owner: str, *, lease_seconds: int, limit: int) -> list[queue.ClaimedJob]:
-        with self.db.transaction() as session:
-            return queue.claim(session, owner, lease_seconds=lease_seconds, limit=limit)
+        with self._reads() as conn:
+            return queue.claim(conn, owner, lease_seconds=lease_seconds, limit=limit)
 
     def load(self, job: ClaimedJob) -> JobSnapshot | None:
         params = {"url": job.saleor_api_url, "order_id": job.order_id}
-        with self.db.transaction() as session:
-            installation = session.execute(
-                select(Installation.token_encrypted, Installation.app_id).where(
-                    Installation.saleor_api_url == job.saleor_api_url
-                )
-            ).first()
-            if installation is None:
+        with self._reads() as conn:  # Core statements built once; one row per channel
+            rows = conn.execute(_LOAD_INSTALLATION, params).all()
+            if not rows:
                 return None
-            channels = {m.channel: m for m in self.store.all(session, job.saleor_api_url)}
-            operations = tuple(_operation(row) for row in session.execute(_LOAD_OPERATIONS, params))
-            notes = tuple(QueuedNote(row.id, row.message) for row in session.execute(_LOAD_NOTES, params))
+            installation = rows[0]
+            channels = {
+                m.channel: m for m in (self.store.from_row(row) for row in rows if row.channel_slug is not None)
+            }
+            operations = tuple(_operation(row) for row in conn.execute(_LOAD_OPERATIONS, params))
+            notes = tuple(QueuedNote(row.id, row.message) for row in conn.execute(_LOAD_NOTES, params))
             exceptions = tuple(
                 OpenException(
                     id=row.id,
@@ -121,7 +143,7 @@ class SqlLedger:
                     operation_id=row.operation_id,
                     reopened=row.reopened,
                 )
-                for row in session.execute(_LOAD_EXCEPTIONS, params)
+                for row in conn.execute(_LOAD_EXCEPTIONS, params)
             )
         return JobSnapshot(
             token=self.box.decrypt(installation.token_encrypted),
@@ -133,10 +155,10 @@ class SqlLedger:
         )
 
     def commit(self, job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
-        with self.db.transaction() as session:
-            if not _hold(session, job, changes.job, lease_seconds):
+        # A Core connection, not an ORM session: every statement here is Core, built once.
+        with self.db.engine.begin() as conn:
+            if not _hold(conn, job, changes.job, lease_seconds):
                 raise LeaseLost(f"job {job.id}")
-            conn = session.connection()
             now = utcnow()
             operation_id = _insert_operation(conn, job, changes.new_operation, now) if changes.new_operation else None
             for change in changes.operations:
@@ -150,22 +172,13 @@ class SqlLedger:
             _set_notes(conn, changes.notes_written, NoteState.WRITTEN)
             _set_notes(conn, changes.notes_skipped, NoteState.SKIPPED)
             if changes.note_failures:
-                conn.execute(
-                    update(_NOTES).where(_NOTES.c.id.in_(changes.note_failures)).values(attempts=_NOTES.c.attempts + 1)
-                )
+                conn.execute(_NOTE_FAILED, {"p_ids": list(changes.note_failures)})
             if changes.resolved:
-                conn.execute(
-                    update(_EXCEPTIONS)
-                    .where(
-                        _EXCEPTIONS.c.id.in_(changes.resolved),
-                        _EXCEPTIONS.c.state.in_([ExceptionState.OPEN.value, ExceptionState.RETRIED.value]),
-                    )
-                    .values(state=ExceptionState.RESOLVED.value, resolved_at=now)
-                )
+                conn.execute(_RESOLVE, {"p_ids": list(changes.resolved), "p_now": now})
         return Committed(operation_id, tuple(queued))
 
 
-def _hold(session: Session, job: ClaimedJob, end: Finish | RetryLater | None, lease_seconds: int) -> bool:
+def _hold(session: Session | Connection, job: ClaimedJob, end: Finish | RetryLater | None, lease_seconds: int) -> bool:
     """Renew the lease, or end the run as asked; False if another worker holds the job."""
     if isinstance(end, Finish):
         return queue.finish(session, job, again_in=end.again_in)
@@ -197,15 +210,14 @@ def _operation(row: Any) -> LedgerOperation:
 def _insert_operation(conn: Connection, job: ClaimedJob, new: NewOperation, now: Any) -> int:
     sent = new.state is OperationState.PENDING
     row = conn.execute(
-        _OPS.insert()
-        .values(
-            saleor_api_url=job.saleor_api_url, order_id=job.order_id, klarna_order_id=new.klarna_order_id,
-            kind=new.kind.value, reference=new.reference, amount=new.amount, currency=new.currency,
-            idempotency_key=new.idempotency_key, generation=0, state=new.state.value,
-            request_body=json.dumps(new.request_body) if new.request_body is not None else None,
-            attempts=1 if sent else 0, log="[]", created_at=now, updated_at=now,
-        )
-        .returning(_OPS.c.id)
+        _INSERT_OPERATION,
+        {
+            "saleor_api_url": job.saleor_api_url, "order_id": job.order_id, "klarna_order_id": new.klarna_order_id,
+            "kind": new.kind.value, "reference": new.reference, "amount": new.amount, "currency": new.currency,
+            "idempotency_key": new.idempotency_key, "generation": 0, "state": new.state.value,
+            "request_body": json.dumps(new.request_body) if new.request_body is not None else None,
+            "attempts": 1 if sent else 0, "log": "[]", "created_at": now, "updated_at": now,
+        },
     ).one()  # fmt: skip
     return int(row.id)
 
@@ -213,27 +225,56 @@ def _insert_operation(conn: Connection, job: ClaimedJob, new: NewOperation, now:
 def _update_operation(
     conn: Connection, op: LedgerOperation, log: Mapping[str, Any] | None, attempted: bool, now: Any
 ) -> None:
+    params: dict[str, Any] = {
+        "p_id": op.id, "p_state": op.state.value, "p_resource": op.klarna_resource_id, "p_code": op.error_code,
+        "p_message": op.error_message, "p_correlation": op.correlation_id, "p_now": now,
+    }  # fmt: skip
+    if log:
+        params["p_entry"] = json.dumps(log, default=str)
+    conn.execute(_UPDATE_OPERATION[attempted, bool(log)], params)
+
+
+def _update_operation_statement(attempted: bool, logged: bool) -> Any:
     values: dict[str, Any] = {
-        "state": op.state.value, "klarna_resource_id": op.klarna_resource_id, "error_code": op.error_code,
-        "error_message": op.error_message, "correlation_id": op.correlation_id, "updated_at": now,
+        "state": bindparam("p_state"), "klarna_resource_id": bindparam("p_resource"),
+        "error_code": bindparam("p_code"), "error_message": bindparam("p_message"),
+        "correlation_id": bindparam("p_correlation"), "updated_at": bindparam("p_now", type_=UTCDateTime()),
     }  # fmt: skip
     if attempted:
         values["attempts"] = _OPS.c.attempts + 1
-    if log:
-        entry = json.dumps(log, default=str)
+    if logged:
         # Appended in SQL ("[...]" -> "[..., entry]"), so the row's log is never read back here.
-        values["log"] = _appended_log(entry)
-    conn.execute(update(_OPS).where(_OPS.c.id == op.id).values(**values))
+        values["log"] = _appended_log(bindparam("p_entry", type_=String()))
+    return update(_OPS).where(_OPS.c.id == bindparam("p_id")).values(**values)
 
 
-def _appended_log(entry: str) -> Any:
+def _appended_log(entry: Any) -> Any:
     log = _OPS.c.log
     head = func.substr(log, 1, func.length(log) - 1)
     return case(
         (_OPS.c.attempts > LOG_KEPT, log),
-        (log == "[]", literal("[") + literal(entry) + literal("]")),
-        else_=head + literal(",") + literal(entry) + literal("]"),
+        (log == "[]", literal("[") + entry + literal("]")),
+        else_=head + literal(",") + entry + literal("]"),
     )
+
+
+# Built once (SQLAlchemy reuses their cache keys and compiled SQL): the sync runs them per order.
+_INSERT_OPERATION = _OPS.insert().returning(_OPS.c.id)
+_UPDATE_OPERATION = {(a, b): _update_operation_statement(a, b) for a in (True, False) for b in (True, False)}
+_IDS: BindParameter[list[int]] = bindparam("p_ids", expanding=True)
+_NOTE_FAILED = update(_NOTES).where(_NOTES.c.id.in_(_IDS)).values(attempts=_NOTES.c.attempts + 1)
+_RESOLVE = (
+    update(_EXCEPTIONS)
+    .where(
+        _EXCEPTIONS.c.id.in_(_IDS), _EXCEPTIONS.c.state.in_([ExceptionState.OPEN.value, ExceptionState.RETRIED.value])
+    )
+    .values(state=ExceptionState.RESOLVED.value, resolved_at=bindparam("p_now", type_=UTCDateTime()))
+)
+_SET_NOTES = (
+    update(_NOTES)
+    .where(_NOTES.c.id.in_(_IDS), _NOTES.c.state == NoteState.PENDING.value)
+    .values(state=bindparam("p_state"))
+)
 
 
 def _queue_note(conn: Connection, job: ClaimedJob, draft: NoteDraft, now: Any, state: NoteState) -> QueuedNote | None:
@@ -278,8 +319,4 @@ def _open_exception(
 
 def _set_notes(conn: Connection, ids: Sequence[int], state: NoteState) -> None:
     if ids:
-        conn.execute(
-            update(_NOTES)
-            .where(_NOTES.c.id.in_(ids), _NOTES.c.state == NoteState.PENDING.value)
-            .values(state=state.value)
-        )
+        conn.execute(_SET_NOTES, {"p_ids": list(ids), "p_state": state.value})

@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
@@ -167,7 +167,7 @@ class SettingsStore:
             )
         )
 
-    def _load(self, row: ChannelSettings) -> MerchantSettings:
+    def _load(self, row: ChannelSettings | Row[Any]) -> MerchantSettings:
         mapping = {k: Action(v) for k, v in json.loads(row.mapping).items()}
         return MerchantSettings(
             channel=row.channel_slug,
@@ -187,6 +187,10 @@ class SettingsStore:
     def get_exact(self, session: Session, saleor_api_url: str, channel: str) -> MerchantSettings | None:
         row = self._row(session, saleor_api_url, channel)
         return self._load(row) if row else None
+
+    def from_row(self, row: Row[Any]) -> MerchantSettings:
+        """Settings from a Core row with the ``channel_settings`` columns (the worker's one read)."""
+        return self._load(row)
 
     def all(self, session: Session, saleor_api_url: str) -> list[MerchantSettings]:
         rows = session.scalars(

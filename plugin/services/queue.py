@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, CursorResult, and_, bindparam, case, or_, select, text, update
+from sqlalchemy import Connection, CursorResult, Table, and_, bindparam, case, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from plugin.db.models import Job, UTCDateTime, utcnow
@@ -59,16 +59,79 @@ def run_now(session: Session, saleor_api_url: str, order_id: str) -> None:
     )
 
 
-def _due(now: datetime) -> ColumnElement[bool]:
-    return and_(
-        Job.requested_seq > Job.done_seq,
-        Job.run_after <= now,
-        or_(Job.leased_until.is_(None), Job.leased_until < now),
+# The worker's statements are built once with bind parameters (SQLAlchemy then reuses their cache
+# key and compiled SQL) and run as Core on the jobs table, not through the ORM: they run several
+# times per order. Parameter names carry a p_ prefix (a column's own name is reserved in SET).
+_JOBS = cast(Table, Job.__table__)
+_NOW = bindparam("p_now", type_=UTCDateTime())
+_HELD = and_(_JOBS.c.id == bindparam("p_id"), _JOBS.c.lease_owner == bindparam("p_owner"))
+
+
+def _claim_statement(postgres: bool) -> Any:
+    due = and_(
+        _JOBS.c.requested_seq > _JOBS.c.done_seq,
+        _JOBS.c.run_after <= _NOW,
+        or_(_JOBS.c.leased_until.is_(None), _JOBS.c.leased_until < _NOW),
+    )
+    ids = select(_JOBS.c.id).where(due).order_by(_JOBS.c.run_after, _JOBS.c.id).limit(bindparam("p_limit"))
+    if postgres:
+        ids = ids.with_for_update(skip_locked=True)
+    return (
+        update(_JOBS)
+        .where(_JOBS.c.id.in_(ids.scalar_subquery()), due)
+        .values(
+            leased_until=bindparam("p_until", type_=UTCDateTime()),
+            lease_owner=bindparam("p_owner"),
+            claimed_seq=_JOBS.c.requested_seq,
+            updated_at=_NOW,
+        )
+        .returning(_JOBS.c.id, _JOBS.c.saleor_api_url, _JOBS.c.order_id, _JOBS.c.attempts)
     )
 
 
+_CLAIM = {True: _claim_statement(True), False: _claim_statement(False)}
+_RENEW = update(_JOBS).where(_HELD).values(leased_until=bindparam("p_until", type_=UTCDateTime()), updated_at=_NOW)
+_FINISHED = {
+    "done_seq": _JOBS.c.claimed_seq, "leased_until": None, "lease_owner": None,
+    "attempts": 0, "last_error": None, "updated_at": _NOW,
+}  # fmt: skip
+_FINISH = update(_JOBS).where(_HELD).values(**_FINISHED)
+# again_in: one more sync later, unless a newer request already asks for one now.
+_FINISH_AGAIN = (
+    update(_JOBS)
+    .where(_HELD)
+    .values(
+        **_FINISHED,
+        requested_seq=case(
+            (_JOBS.c.requested_seq > _JOBS.c.claimed_seq, _JOBS.c.requested_seq), else_=_JOBS.c.claimed_seq + 1
+        ),
+        run_after=case(
+            (_JOBS.c.requested_seq > _JOBS.c.claimed_seq, _NOW), else_=bindparam("p_later", type_=UTCDateTime())
+        ),
+    )
+)
+_RETRY = {
+    failed: update(_JOBS)
+    .where(_HELD)
+    .values(
+        leased_until=None,
+        lease_owner=None,
+        run_after=bindparam("p_later", type_=UTCDateTime()),
+        last_error=bindparam("p_error"),
+        attempts=_JOBS.c.attempts + 1 if failed else 0,
+        updated_at=_NOW,
+    )
+    for failed in (True, False)
+}
+
+
+def _held(conn: Session | Connection, statement: Any, params: dict[str, Any]) -> bool:
+    result = conn.execute(statement, params)
+    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
+
+
 def claim(
-    session: Session, owner: str, *, lease_seconds: int, limit: int = 1, now: datetime | None = None
+    session: Session | Connection, owner: str, *, lease_seconds: int, limit: int = 1, now: datetime | None = None
 ) -> list[ClaimedJob]:
     """Lease up to ``limit`` due jobs for ``owner`` in one statement; commit the session afterwards.
 
@@ -80,72 +143,45 @@ def claim(
     """
     leased_at = time.monotonic()
     now = now or utcnow()
-    due = select(Job.id).where(_due(now)).order_by(Job.run_after, Job.id).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(due.scalar_subquery()), _due(now))
-        .values(
-            leased_until=now + timedelta(seconds=lease_seconds),
-            lease_owner=owner,
-            claimed_seq=Job.requested_seq,
-            updated_at=now,
-        )
-        .returning(Job.id, Job.saleor_api_url, Job.order_id, Job.attempts)
-        .execution_options(synchronize_session=False)
-    ).all()
+    postgres = session.get_bind().dialect.name == "postgresql" if isinstance(session, Session) else (
+        session.dialect.name == "postgresql"
+    )  # fmt: skip
+    params = {"p_now": now, "p_until": now + timedelta(seconds=lease_seconds), "p_owner": owner, "p_limit": limit}
+    rows = session.execute(_CLAIM[postgres], params).all()
     return [ClaimedJob(row.id, row.saleor_api_url, row.order_id, row.attempts, owner, leased_at) for row in rows]
 
 
-def renew(session: Session, job: ClaimedJob, *, lease_seconds: int) -> bool:
+def renew(session: Session | Connection, job: ClaimedJob, *, lease_seconds: int) -> bool:
     """Extend the lease; False when another worker took the job over (ours expired)."""
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.lease_owner == job.owner)
-        .values(leased_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-    )
-    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
+    params = {"p_id": job.id, "p_owner": job.owner, "p_now": now, "p_until": now + timedelta(seconds=lease_seconds)}
+    return _held(session, _RENEW, params)
 
 
-def finish(session: Session, job: ClaimedJob, *, again_in: float | None = None) -> bool:
+def finish(session: Session | Connection, job: ClaimedJob, *, again_in: float | None = None) -> bool:
     """Mark the claimed sequence done; ``again_in`` asks for one more sync later (e.g. fraud review).
 
     False when another worker holds the job (nothing changed)."""
     now = utcnow()
-    values: dict[str, object] = {
-        "done_seq": Job.claimed_seq, "leased_until": None, "lease_owner": None,
-        "attempts": 0, "last_error": None, "updated_at": now,
-    }  # fmt: skip
-    if again_in is not None:
-        values["requested_seq"] = case(
-            (Job.requested_seq > Job.claimed_seq, Job.requested_seq), else_=Job.claimed_seq + 1
-        )
-        values["run_after"] = case((Job.requested_seq > Job.claimed_seq, now), else_=now + timedelta(seconds=again_in))
-    result = session.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.owner).values(**values))
-    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
+    params: dict[str, Any] = {"p_id": job.id, "p_owner": job.owner, "p_now": now}
+    if again_in is None:
+        return _held(session, _FINISH, params)
+    return _held(session, _FINISH_AGAIN, {**params, "p_later": now + timedelta(seconds=again_in)})
 
 
-def retry_later(session: Session, job: ClaimedJob, *, delay: float, error: str, failed: bool = True) -> bool:
+def retry_later(
+    session: Session | Connection, job: ClaimedJob, *, delay: float, error: str, failed: bool = True
+) -> bool:
     """Release the lease and try again after ``delay`` seconds (the work is still due).
 
     ``failed`` counts the run against the attempt budget; a run that made progress starts it afresh.
     False when another worker holds the job (nothing changed)."""
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.lease_owner == job.owner)
-        .values(
-            leased_until=None,
-            lease_owner=None,
-            run_after=now + timedelta(seconds=delay),
-            last_error=error[:2000],
-            attempts=Job.attempts + 1 if failed else 0,
-            updated_at=now,
-        )
-    )
-    return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result
+    params = {
+        "p_id": job.id, "p_owner": job.owner, "p_now": now,
+        "p_later": now + timedelta(seconds=delay), "p_error": error[:2000],
+    }  # fmt: skip
+    return _held(session, _RETRY[failed], params)
 
 
 def counts(session: Session) -> dict[str, int]:

@@ -38,8 +38,13 @@ def test_one_capture_takes_five_short_transactions(shop: Shop, capsys: Any) -> N
         event.remove(engine, "before_cursor_execute", on_statement)
     # then the capture and its note happened, in: the claim; one read of everything the job needs;
     # the ledger row (with the lease) before the call; the outcome with its note; the note's
-    # delivery with the job's completion
+    # delivery with the job's completion. On PostgreSQL the claim (one statement) and the read run in
+    # autocommit (no BEGIN and COMMIT round trips): 3 transactions; SQLite keeps all 5.
     assert shop.performed("captures") == 1 and len(shop.saleor.notes(order_id)) == 1
-    assert counts["transactions"] == 5, counts
+    assert counts["transactions"] == (3 if shop.services.db.is_postgres else 5), counts
+    # claim 1; read 4 (the installation with its channels' settings, operations, notes, exceptions);
+    # ledger row 2; outcome 3; delivery and completion 2; the Klarna rate limit 4 (a take per call, the
+    # bucket created on the first)
+    assert counts["statements"] <= 16, counts
     with capsys.disabled():
         print(f"\n[hot path] one capture: {counts}")

@@ -120,3 +120,18 @@ def test_secret_keys_rotate_first_encrypts_all_decrypt() -> None:
     assert "Es1O0oB2O3PTeG9A4IVYUcaMoru3Ls" not in token
     with pytest.raises(ValueError, match="no configured key"):
         SecretBox((new,)).decrypt(token)
+
+
+def test_a_secret_decrypts_once_per_process_and_a_foreign_token_still_fails() -> None:
+    # given a box and a token it encrypted
+    box = SecretBox(("k" * 40,))
+    token = box.encrypt("PK_secret")
+    calls = []
+    fernet_decrypt = box._fernet.decrypt
+    box._fernet.decrypt = lambda data: calls.append(data) or fernet_decrypt(data)  # type: ignore[method-assign]  # counting
+    # when the worker reads it for job after job
+    plains = [box.decrypt(token) for _ in range(3)]
+    # then it is decrypted once, and a token of another key is still refused
+    assert plains == ["PK_secret"] * 3 and len(calls) == 1
+    with pytest.raises(ValueError, match="no configured key"):
+        box.decrypt(SecretBox(("z" * 40,)).encrypt("x"))

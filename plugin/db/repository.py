@@ -33,8 +33,10 @@ from plugin.domain.ledger import (
     RetryLater,
 )
 from plugin.domain.states import ExceptionState, NoteState, OperationKind, OperationState
-from plugin.services import queue
+from plugin.domain.transactions import Mismatch
+from plugin.services import payment_requests, queue
 from plugin.services.merchant import SettingsStore
+from plugin.services.payment_requests import OpenRequest, RequestState
 from plugin.services.ports import LeaseLost
 
 LOG_KEPT = 20  # exchanges kept per operation (the first ones; a retry storm does not grow the row)
@@ -163,6 +165,20 @@ class SqlLedger:
                     .values(state=ExceptionState.RESOLVED.value, resolved_at=now)
                 )
         return Committed(operation_id, tuple(queued))
+
+    # -- the dashboard's requests and the Klarna binding (plugin/services/payment_requests.py) ---
+
+    def payment_requests(self, job: ClaimedJob) -> Sequence[OpenRequest]:
+        with self.db.transaction() as session:
+            return payment_requests.open_requests(session, job.saleor_api_url, job.order_id, reported=True)
+
+    def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
+        with self.db.transaction() as session:
+            payment_requests.mark(session, request_id, state, reason)
+
+    def bind(self, job: ClaimedJob, klarna_order_id: str) -> Mismatch | None:
+        with self.db.transaction() as session:
+            return payment_requests.bind(session, job.saleor_api_url, klarna_order_id, job.order_id)
 
 
 def _hold(session: Session, job: ClaimedJob, end: Finish | RetryLater | None, lease_seconds: int) -> bool:

@@ -20,9 +20,8 @@ from graphql import DocumentNode, parse
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
 from plugin.domain.money import tax_rate_basis_points, to_minor
-from plugin.domain.transactions import SaleorTransaction
+from plugin.domain.transactions import OrderBooks, ReportOutcome, SaleorTransaction
 from plugin.saleor import transactions as tx_wire
-from plugin.saleor.transactions import OrderBooks, ReportOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from plugin.domain.books import merchant_id_of, portal_order_url
 from plugin.domain.ledger import (
     Changes,
     ClaimedJob,
@@ -39,12 +40,25 @@ from plugin.domain.ledger import (
     QueuedNote,
     RetryLater,
 )
-from plugin.domain.model import Action, Blocked, KlarnaOrder, MerchantSettings, PlannedOperation, ShopOrder
+from plugin.domain.model import (
+    Action,
+    Blocked,
+    KlarnaOrder,
+    MerchantSettings,
+    Options,
+    PlannedOperation,
+    ShopOrder,
+)
 from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
+from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
+from plugin.domain.transactions import OrderBooks, PaymentSource, SourceKind, check_match
+from plugin.services import booking
+from plugin.services.books import keep_books
 from plugin.services.kinds import KINDS, fulfillment_name
 from plugin.services.ports import (
+    BooksUnavailable,
     KlarnaFailure,
     KlarnaPort,
     LeaseLost,
@@ -61,6 +75,7 @@ logger = logging.getLogger(__name__)
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
 FRAUD_RECHECK_SECONDS = 900.0
 NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
+BOOKS_RECHECK_SECONDS = 60.0  # Saleor's books not kept this run (Saleor down, a request refused): again
 # After giving up, the order is checked again on its own (nothing stranded) at this many retry
 # bases, at most 15 minutes; the open exception tells the admin meanwhile.
 GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 3000.0, 900.0
@@ -159,6 +174,11 @@ class _Run:
         self.merchant: MerchantSettings | None = None
         self.klarna_state: KlarnaOrder | None = None
         self.told: set[str] = set()  # subjects raised in this run
+        # Saleor's books (issue 9): whose payment it is, the dashboard's requests, Klarna after the run.
+        self.source: PaymentSource | None = None
+        self.books: OrderBooks | None = None
+        self.requests: list[OpenRequest] = []
+        self.fresh = False  # klarna_state was read after the operations
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -168,12 +188,23 @@ class _Run:
         metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
         try:
             order = self.saleor.get_order(self.job.order_id, metadata_key)
+            source = None
+            if order is not None:
+                found = channels.get(order.channel_slug, any_channel)
+                options = found.options if found else Options()
+                source, self.books = booking.source_of(self.saleor, order, metadata_key, self.snapshot.app_id, options)
         except SaleorUnavailable as exc:
             raise Transient(str(exc)) from None
-        if order is None or order.klarna_order_id is None:
-            self.outcome.skipped = "not a Klarna order"
+        if order is None or source is None or not source.acts:
+            # Not a Klarna order, or another app's Klarna payment: nothing is written (issue 9 item 1c).
+            self.outcome.skipped = (
+                source.reason if source and source.kind is SourceKind.FOREIGN else "not a Klarna order"
+            )
             self._commit(job=Finish())
             return
+        self.source = source
+        # The Klarna id comes only from the source: never from a transaction of an app not allowed.
+        order = replace(order, klarna_order_id=source.klarna_order_id)
         self.order = order
         self.merchant = channels.get(order.channel_slug, any_channel)
         if self.merchant is None or not self.merchant.has_credentials:
@@ -193,7 +224,9 @@ class _Run:
 
     def _sync_klarna(self, merchant: MerchantSettings) -> None:
         order = self._order
-        if merchant.action_for(order.status) is Action.NONE and not self._unsettled():
+        if self.source is not None and self.source.books:
+            self.requests = list(self.deps.repo.payment_requests(self.job))
+        if merchant.action_for(order.status) is Action.NONE and not self._unsettled() and not self._books_due():
             return  # nothing to reflect: no need to ask Klarna
         klarna = self.deps.klarna_for(merchant)
         state = self._read_klarna(klarna)
@@ -201,13 +234,22 @@ class _Run:
             return
         state = self._reconcile(state)
         self.klarna_state = state
-        planned = plan(order, state, merchant.mapping, merchant.options, now=self.deps.now())
-        self._supersede(planned.operations)
+        if not self._matches(state):
+            return
+        steps, seen = booking.button_steps(self.requests, order, state)
+        planned = plan(
+            order, seen, merchant.mapping, merchant.options, now=self.deps.now(),
+            prepaid=booking.prepaid_references(self.requests),
+        )  # fmt: skip
+        buttons = [step.operation for step in steps if step.operation is not None]
+        self._supersede([*buttons, *planned.operations])
         for blocked in planned.blocked:
             self._blocked(blocked)
-        for op in planned.operations:
+        for op in [*buttons, *planned.operations]:
             if not self._perform(klarna, op):
                 break
+        self._settle_requests(steps)
+        self._keep_books(klarna, merchant)
 
     @property
     def _order(self) -> ShopOrder:
@@ -571,9 +613,10 @@ class _Run:
         captured = max(state.captured, sum(op.amount for op in done if op.kind is OperationKind.CAPTURE))
         refunded = max(state.refunded, sum(op.amount for op in done if op.kind is OperationKind.REFUND))
         last = done[-1].kind if done else None
+        status = state.status if self.fresh or last is None else SUMMARY_STATUS.get(last, state.status)
         summary = {
             "klarna_om.order_id": self._klarna_id,
-            "klarna_om.status": SUMMARY_STATUS.get(last, state.status) if last else state.status,
+            "klarna_om.status": status,
             "klarna_om.captured": format_minor(captured, order.currency),
             "klarna_om.refunded": format_minor(refunded, order.currency),
         }
@@ -581,6 +624,115 @@ class _Run:
             self.saleor.set_private_metadata(order.id, summary)
         except SaleorUnavailable:
             logger.warning("order summary metadata not written", extra=self._log_extra())
+
+    # -- Saleor's books and the dashboard's requests (plugin/services/booking.py) -------------------
+
+    def _books_due(self) -> bool:
+        """Work for the books without a status action: requests to perform or report, a transaction to create."""
+        source = self.source
+        if source is None or not source.books:
+            return False
+        return source.kind is SourceKind.CREATE or any(r.state is not RequestState.REPORTED for r in self.requests)
+
+    def _matches(self, state: KlarnaOrder) -> bool:
+        """Before the first operation: one Klarna order for one Saleor order, and it fits the order (issue 11)."""
+        if any(op.state is OperationState.SUCCEEDED for op in self.ops.values()):
+            return True
+        assert self.source is not None  # set with the order
+        mismatch = self.deps.repo.bind(self.job, self._klarna_id) or check_match(
+            booking.order_facts(self._order, self.books, self.source), state, state.merchant_reference1
+        )
+        if mismatch is None:
+            return True
+        self._raise(
+            "match",
+            mismatch.code.value,
+            f"Klarna order {self._klarna_id} is not acted on: {mismatch.message}",
+            note_key=f"exception:{mismatch.code.value}:{self._klarna_id}",
+            what_to_do="Check which Klarna order pays this order; nothing was done in Klarna.",
+        )
+        return False
+
+    def _settle_requests(self, steps: list[booking.ButtonStep]) -> None:
+        """Each performed request PERFORMED, each impossible or refused one FAILED with the reason."""
+        if steps and not self.pending.empty:
+            self._commit()  # the operations' outcomes first: a request is never ahead of the ledger
+        for step in steps:
+            state, reason = RequestState.PERFORMED, None
+            if step.refusal is not None:
+                state, reason = RequestState.FAILED, step.refusal
+            elif step.operation is not None:
+                planned = step.operation
+                op = next(
+                    (o for o in self.ops.values() if (o.kind, o.reference, o.amount) == (planned.kind, planned.reference, planned.amount)),
+                    None,
+                )  # fmt: skip
+                if op is None or op.state not in (OperationState.SUCCEEDED, OperationState.FAILED):
+                    continue  # not sent yet (an earlier one stopped the run): still RECORDED
+                if op.state is OperationState.FAILED:
+                    state, reason = RequestState.FAILED, op.error_message or op.error_code or "refused"
+                    self.outcome.again_in = min(self.outcome.again_in or BOOKS_RECHECK_SECONDS, BOOKS_RECHECK_SECONDS)
+            self.deps.repo.mark_request(self.job, step.request.id, state, reason)
+            self.requests = [
+                replace(r, state=state, reason=reason) if r.id == step.request.id else r for r in self.requests
+            ]
+
+    def _keep_books(self, klarna: KlarnaPort, merchant: MerchantSettings) -> None:
+        """Report on the app's transaction what Klarna now shows; a failure here never touches Klarna's part:
+        the run finishes and the books are tried again on their own (``again_in``)."""
+        source, state = self.source, self.klarna_state
+        if source is None or state is None or not source.books:
+            return
+        if self.outcome.performed or any(r.state is RequestState.PERFORMED for r in self.requests):
+            try:
+                state = klarna.get_order(self._klarna_id)
+            except KlarnaFailure:
+                self._books_later()
+                return
+            self.klarna_state, self.fresh = state, True
+        portal = portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
+        open_requests = [r for r in self.requests if r.state is not RequestState.REPORTED]
+        try:
+            result = keep_books(
+                self.saleor,
+                order_id=self._order.id,
+                source=source,
+                klarna=state,
+                portal_url=portal,
+                requests=open_requests,
+            )
+        except BooksUnavailable:
+            logger.info("Saleor's books not kept: HANDLE_PAYMENTS not granted", extra=self._log_extra())
+            return
+        except SaleorUnavailable:
+            logger.warning("Saleor's books not kept now; tried again later", extra=self._log_extra())
+            self._books_later()
+            return
+        for request_id in result.settled:
+            self.deps.repo.mark_request(self.job, request_id, RequestState.REPORTED)
+        for conflict in result.conflicts:
+            self._raise(
+                f"books:{conflict.type.value}:{conflict.psp_reference}",
+                "BOOKS_CONFLICT",
+                f"Saleor holds {conflict.type.value} {conflict.psp_reference} with another amount "
+                f"({format_minor(conflict.booked, state.currency)}) than Klarna "
+                f"({format_minor(conflict.klarna, state.currency)}); Saleor's books were not changed",
+                note_key=f"books:conflict:{conflict.type.value}:{conflict.psp_reference}",
+            )
+        for report, outcome in result.refused:
+            if outcome.error_code == "PERMISSION_DENIED":
+                logger.info("Saleor's books not kept: the report was refused", extra=self._log_extra())
+                continue
+            self._raise(
+                f"books:{report.type.value}:{report.psp_reference}",
+                outcome.error_code or "BOOKS_REFUSED",
+                f"Saleor refused the {report.type.value} report of {format_minor(report.amount, state.currency)}: "
+                f"{outcome.message or outcome.error_code}",
+                note_key=f"books:refused:{report.type.value}:{report.psp_reference}",
+            )
+
+    def _books_later(self) -> None:
+        self.outcome.again_in = min(self.outcome.again_in or BOOKS_RECHECK_SECONDS, BOOKS_RECHECK_SECONDS)
 
     def _log_extra(self, **more: object) -> dict[str, object]:
         return {

@@ -691,15 +691,15 @@ class _Run:
                 return
             self.klarna_state, self.fresh = state, True
         portal = portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
-        open_requests = [r for r in self.requests if r.state is not RequestState.REPORTED]
         try:
+            # Every request, the reported ones too: a capture made for one stays booked under its pspReference.
             result = keep_books(
                 self.saleor,
                 order_id=self._order.id,
                 source=source,
                 klarna=state,
                 portal_url=portal,
-                requests=open_requests,
+                requests=self.requests,
             )
         except BooksUnavailable:
             logger.info("Saleor's books not kept: HANDLE_PAYMENTS not granted", extra=self._log_extra())
@@ -708,7 +708,8 @@ class _Run:
             logger.warning("Saleor's books not kept now; tried again later", extra=self._log_extra())
             self._books_later()
             return
-        for request_id in result.settled:
+        reported = {r.id for r in self.requests if r.state is RequestState.REPORTED}
+        for request_id in set(result.settled) - reported:
             self.deps.repo.mark_request(self.job, request_id, RequestState.REPORTED)
         for conflict in result.conflicts:
             self._raise(

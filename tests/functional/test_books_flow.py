@@ -198,8 +198,9 @@ def test_a_second_order_naming_the_same_klarna_order_is_refused(shop: Shop) -> N
     install(shop)
     kid = shop.klarna.create_order(order_amount=4000, currency="USD")
     first = shop.saleor.create_order(lines=[dict(TEE)], klarna_order_id=kid, klarna_via="metadata")
+    shop.sync()  # the first order to be synced is bound to the Klarna order
+    assert tx(shop, first)["pspReference"] == kid
     second = shop.saleor.create_order(lines=[dict(TEE)], klarna_order_id=kid, klarna_via="metadata")
-    _touch(shop, first)
     shop.sync()
     shop.saleor.cancel_order(second)
     shop.sync()

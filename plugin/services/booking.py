@@ -190,12 +190,21 @@ def shown(state: KlarnaOrder, op: PlannedOperation) -> KlarnaOrder:
 
 
 def button_steps(
-    requests: Iterable[OpenRequest], order: ShopOrder, state: KlarnaOrder
+    requests: Iterable[OpenRequest], order: ShopOrder, state: KlarnaOrder, *, cancel_booked: bool = False
 ) -> tuple[list[ButtonStep], KlarnaOrder]:
-    """The recorded requests in the order they came, each judged against Klarna as the ones before leave it."""
+    """The recorded requests in the order they came, each judged against Klarna as the ones before leave it.
+
+    ``cancel_booked``: Saleor's transaction already shows the cancel (from the order's status).
+    """
     steps: list[ButtonStep] = []
+    cancel_taken = cancel_booked  # Klarna's one cancel (or release) answers one cancel request only
     for request in requests:
+        if request.action is ActionKind.CANCEL and request.state is not RequestState.RECORDED:
+            cancel_taken = cancel_taken or request.state is not RequestState.FAILED
         if request.state is not RequestState.RECORDED:
+            continue
+        if request.action is ActionKind.CANCEL and cancel_taken:
+            steps.append(ButtonStep(request, refusal="the authorization is already cancelled for an earlier request"))
             continue
         if request.klarna_order_id != state.id:
             steps.append(ButtonStep(request, refusal=f"the transaction names Klarna order {request.klarna_order_id}"))
@@ -203,6 +212,7 @@ def button_steps(
         step = _STEPS[request.action](request, order, state)
         if step.operation is not None:
             state = shown(state, step.operation)
+        cancel_taken = cancel_taken or (request.action is ActionKind.CANCEL and step.refusal is None)
         steps.append(step)
     return steps, state
 

@@ -53,7 +53,7 @@ from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
 from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
-from plugin.domain.transactions import OrderBooks, PaymentSource, SourceKind, check_match
+from plugin.domain.transactions import EventType, OrderBooks, PaymentSource, SourceKind, check_match
 from plugin.services import booking
 from plugin.services.books import keep_books
 from plugin.services.kinds import KINDS, fulfillment_name
@@ -236,7 +236,9 @@ class _Run:
         self.klarna_state = state
         if not self._matches(state):
             return
-        steps, seen = booking.button_steps(self.requests, order, state)
+        tx = self.source.transaction if self.source else None
+        cancel_booked = tx is not None and any(e.type is EventType.CANCEL_SUCCESS for e in tx.events)
+        steps, seen = booking.button_steps(self.requests, order, state, cancel_booked=cancel_booked)
         planned = plan(
             order, seen, merchant.mapping, merchant.options, now=self.deps.now(),
             prepaid=booking.prepaid_references(self.requests),

@@ -66,6 +66,7 @@ class ShopReads(Protocol):
     def list_channels(self) -> list[dict[str, Any]]: ...
     def fulfillment_allow_unpaid(self) -> bool | None: ...
     def order_numbers(self, order_ids: list[str]) -> dict[str, str]: ...
+    def app_permissions(self) -> list[str]: ...
 
 
 ORDER_NUMBERS_PER_QUERY = 100  # Saleor's page size limit
@@ -111,6 +112,14 @@ def fulfillment_allow_unpaid(saleor: ShopReads) -> bool | None:
     """``shop.fulfillmentAllowUnpaid``, or None when Saleor does not say (capture on shipment needs True)."""
     try:
         return saleor.fulfillment_allow_unpaid()
+    except Exception:  # noqa: BLE001 - a hint on the page, never a reason to fail it
+        return None
+
+
+def handles_payments(saleor: ShopReads) -> bool | None:
+    """Whether the installation holds HANDLE_PAYMENTS (Saleor's books), None when Saleor does not say."""
+    try:
+        return "HANDLE_PAYMENTS" in saleor.app_permissions()
     except Exception:  # noqa: BLE001 - a hint on the page, never a reason to fail it
         return None
 

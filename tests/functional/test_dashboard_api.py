@@ -260,6 +260,12 @@ def _channel(client: Any, saleor: FakeSaleor, slug: str) -> dict[str, Any]:
     return next(c for c in body["channels"] if c["slug"] == slug)
 
 
+def test_settings_say_what_a_reinstall_with_handle_payments_brings(client: Any, saleor: FakeSaleor) -> None:
+    assert client.get(f"{API}/settings", headers=auth(saleor)).get_json()["handles_payments"] is False
+    saleor.app_permissions = ["HANDLE_PAYMENTS", "MANAGE_ORDERS"]  # the merchant accepted the new permission
+    assert client.get(f"{API}/settings", headers=auth(saleor)).get_json()["handles_payments"] is True
+
+
 def test_settings_round_trip_never_returns_the_password(client: Any, services: Services, saleor: FakeSaleor) -> None:
     document = {
         **CREDENTIALS, "region": "NA", "password": "s3cret-value",

@@ -251,7 +251,8 @@ class _Run:
             if not self._perform(klarna, op):
                 break
         self._settle_requests(steps)
-        self._keep_books(klarna, merchant)
+        self._refresh(klarna)
+        self._keep_books(merchant)
 
     @property
     def _order(self) -> ShopOrder:
@@ -679,19 +680,25 @@ class _Run:
                 replace(r, state=state, reason=reason) if r.id == step.request.id else r for r in self.requests
             ]
 
-    def _keep_books(self, klarna: KlarnaPort, merchant: MerchantSettings) -> None:
+    def _refresh(self, klarna: KlarnaPort) -> None:
+        """Klarna's order after the operations: the summary and the books are written from it (issue 9 item 5)."""
+        if not self.outcome.performed and not any(r.state is RequestState.PERFORMED for r in self.requests):
+            return  # Klarna's order is as read
+        try:
+            self.klarna_state, self.fresh = klarna.get_order(self._klarna_id), True
+        except KlarnaFailure:
+            self._books_later()  # the summary falls back to the ledger; the books wait for a fresh read
+
+    def _keep_books(self, merchant: MerchantSettings) -> None:
         """Report on the app's transaction what Klarna now shows; a failure here never touches Klarna's part:
         the run finishes and the books are tried again on their own (``again_in``)."""
         source, state = self.source, self.klarna_state
         if source is None or state is None or not source.books:
             return
-        if self.outcome.performed or any(r.state is RequestState.PERFORMED for r in self.requests):
-            try:
-                state = klarna.get_order(self._klarna_id)
-            except KlarnaFailure:
-                self._books_later()
-                return
-            self.klarna_state, self.fresh = state, True
+        if not self.fresh and (self.outcome.performed or any(r.state is RequestState.PERFORMED for r in self.requests)):
+            return  # Klarna's order after the operations could not be read: the books wait for the next run
+        if not self.pending.empty:
+            self._commit()  # the operations' outcomes are in the ledger before Saleor hears of them
         portal = portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
         try:
             # Every request, the reported ones too: a capture made for one stays booked under its pspReference.

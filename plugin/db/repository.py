@@ -36,7 +36,7 @@ from plugin.domain.states import ExceptionState, NoteState, OperationKind, Opera
 from plugin.domain.transactions import Mismatch
 from plugin.services import payment_requests, queue
 from plugin.services.merchant import SettingsStore
-from plugin.services.payment_requests import OpenRequest, RequestState
+from plugin.services.payment_requests import RequestState
 from plugin.services.ports import LeaseLost
 
 LOG_KEPT = 20  # exchanges kept per operation (the first ones; a retry storm does not grow the row)
@@ -113,6 +113,7 @@ class SqlLedger:
                 return None
             channels = {m.channel: m for m in self.store.all(session, job.saleor_api_url)}
             operations = tuple(_operation(row) for row in session.execute(_LOAD_OPERATIONS, params))
+            requests = tuple(payment_requests.open_requests(session, job.saleor_api_url, job.order_id, reported=True))
             notes = tuple(QueuedNote(row.id, row.message) for row in session.execute(_LOAD_NOTES, params))
             exceptions = tuple(
                 OpenException(
@@ -132,6 +133,7 @@ class SqlLedger:
             operations=operations,
             pending_notes=notes,
             exceptions=exceptions,
+            requests=requests,
         )
 
     def commit(self, job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
@@ -140,7 +142,11 @@ class SqlLedger:
                 raise LeaseLost(f"job {job.id}")
             conn = session.connection()
             now = utcnow()
-            operation_id = _insert_operation(conn, job, changes.new_operation, now) if changes.new_operation else None
+            mismatch = (
+                payment_requests.bind(conn, job.saleor_api_url, changes.bind, job.order_id) if changes.bind else None
+            )
+            new = changes.new_operation if mismatch is None else None
+            operation_id = _insert_operation(conn, job, new, now) if new else None
             for change in changes.operations:
                 _update_operation(conn, change.operation, change.log, change.attempted, now)
             state = NoteState.SKIPPED if changes.skip_notes else NoteState.PENDING
@@ -164,13 +170,9 @@ class SqlLedger:
                     )
                     .values(state=ExceptionState.RESOLVED.value, resolved_at=now)
                 )
-        return Committed(operation_id, tuple(queued))
+        return Committed(operation_id, tuple(queued), mismatch)
 
     # -- the dashboard's requests and the Klarna binding (plugin/services/payment_requests.py) ---
-
-    def payment_requests(self, job: ClaimedJob) -> Sequence[OpenRequest]:
-        with self.db.transaction() as session:
-            return payment_requests.open_requests(session, job.saleor_api_url, job.order_id, reported=True)
 
     def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
         with self.db.transaction() as session:

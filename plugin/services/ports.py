@@ -7,14 +7,14 @@ Each port takes and returns domain types. Adapters implement them at the edge (`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.ledger import Changes, ClaimedJob, Committed, JobSnapshot
 from plugin.domain.model import KlarnaOrder, ShopOrder
-from plugin.domain.requests import OpenRequest, RequestState
+from plugin.domain.requests import RequestState
 from plugin.domain.transactions import Mismatch, OrderBooks, ReportOutcome, SaleorTransaction
 
 # -- errors ------------------------------------------------------------------------------------
@@ -125,10 +125,6 @@ class LedgerRepository(Protocol):
         ...
 
     # -- the dashboard's requests and the Klarna binding (issue 9, issue 11 item 1) ---------------
-
-    def payment_requests(self, job: ClaimedJob) -> Sequence[OpenRequest]:
-        """Every dashboard request of the job's order (reported ones too), oldest first."""
-        ...
 
     def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
         """Move one request on (PERFORMED, FAILED with Klarna's reason, REPORTED); its own transaction."""

@@ -53,7 +53,7 @@ from plugin.domain.money import format_minor
 from plugin.domain.plan import plan
 from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
-from plugin.domain.transactions import EventType, OrderBooks, PaymentSource, SourceKind, check_match
+from plugin.domain.transactions import EventType, Mismatch, OrderBooks, PaymentSource, SourceKind, check_match
 from plugin.services import booking
 from plugin.services.books import keep_books
 from plugin.services.kinds import KINDS, fulfillment_name
@@ -225,7 +225,7 @@ class _Run:
     def _sync_klarna(self, merchant: MerchantSettings) -> None:
         order = self._order
         if self.source is not None and self.source.books:
-            self.requests = list(self.deps.repo.payment_requests(self.job))
+            self.requests = list(self.snapshot.requests)
         if merchant.action_for(order.status) is Action.NONE and not self._unsettled() and not self._books_due():
             return  # nothing to reflect: no need to ask Klarna
         klarna = self.deps.klarna_for(merchant)
@@ -349,7 +349,10 @@ class _Run:
                 # units so the next shipment of the line is valued after them.
                 state=OperationState.SUCCEEDED if free else OperationState.PENDING,
             )
-            committed = self._commit(new_operation=new)
+            committed = self._commit(new_operation=new, bind=self._klarna_id)
+            if committed.mismatch is not None:  # the Klarna order is another order's: nothing written, nothing sent
+                self._mismatch(committed.mismatch)
+                return False
             assert committed.operation_id is not None
             op = LedgerOperation(
                 id=committed.operation_id,
@@ -596,10 +599,14 @@ class _Run:
             self._commit()
 
     def _commit(
-        self, *, new_operation: NewOperation | None = None, job: Finish | RetryLater | None = None
+        self,
+        *,
+        new_operation: NewOperation | None = None,
+        job: Finish | RetryLater | None = None,
+        bind: str | None = None,
     ) -> Committed:
         changes, self.pending = self.pending, Changes()
-        changes.new_operation, changes.job = new_operation, job
+        changes.new_operation, changes.job, changes.bind = new_operation, job, bind
         started = self.deps.monotonic()
         committed = self.deps.repo.commit(self.job, changes, lease_seconds=self.deps.lease_seconds)
         self.lease_from = started
@@ -642,11 +649,18 @@ class _Run:
         if any(op.state is OperationState.SUCCEEDED for op in self.ops.values()):
             return True
         assert self.source is not None  # set with the order
-        mismatch = self.deps.repo.bind(self.job, self._klarna_id) or check_match(
+        mismatch = check_match(
             booking.order_facts(self._order, self.books, self.source), state, state.merchant_reference1
         )
+        if mismatch is None and self.source.kind is SourceKind.CREATE:
+            # Bound before the transaction is created (the first operation's commit binds otherwise).
+            mismatch = self.deps.repo.bind(self.job, self._klarna_id)
         if mismatch is None:
             return True
+        self._mismatch(mismatch)
+        return False
+
+    def _mismatch(self, mismatch: Mismatch) -> None:
         self._raise(
             "match",
             mismatch.code.value,
@@ -654,7 +668,6 @@ class _Run:
             note_key=f"exception:{mismatch.code.value}:{self._klarna_id}",
             what_to_do="Check which Klarna order pays this order; nothing was done in Klarna.",
         )
-        return False
 
     def _settle_requests(self, steps: list[booking.ButtonStep]) -> None:
         """Each performed request PERFORMED, each impossible or refused one FAILED with the reason."""
@@ -697,8 +710,6 @@ class _Run:
             return
         if not self.fresh and (self.outcome.performed or any(r.state is RequestState.PERFORMED for r in self.requests)):
             return  # Klarna's order after the operations could not be read: the books wait for the next run
-        if not self.pending.empty:
-            self._commit()  # the operations' outcomes are in the ledger before Saleor hears of them
         portal = portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
         try:
             # Every request, the reported ones too: a capture made for one stays booked under its pspReference.

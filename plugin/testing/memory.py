@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -198,6 +198,7 @@ class InMemoryLedger:
                 for e in self.exceptions.values()
                 if e.order_id == order and e.state in (ExceptionState.OPEN, ExceptionState.RETRIED)
             ),
+            requests=tuple(r for _, r in sorted(self.requests.items()) if r.order_id == order),
         )
 
     def commit(self, job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
@@ -206,7 +207,8 @@ class InMemoryLedger:
             raise LeaseLost(f"job {job.id}")
         self.commits += 1
         operation_id = None
-        if changes.new_operation is not None:
+        mismatch = _ledger_bind(self, changes.bind, job.order_id) if changes.bind else None
+        if changes.new_operation is not None and mismatch is None:
             new = changes.new_operation
             operation_id = next(self._ids)
             self.operations[operation_id] = LedgerOperation(
@@ -251,7 +253,7 @@ class InMemoryLedger:
             if self.exceptions[exc_id].state in (ExceptionState.OPEN, ExceptionState.RETRIED):
                 self.exceptions[exc_id].state = ExceptionState.RESOLVED
         self._end(row, changes.job, lease_seconds)
-        return Committed(operation_id, tuple(queued))
+        return Committed(operation_id, tuple(queued), mismatch)
 
     def _queue(self, order_id: str, dedupe: str, message: str, *, skip: bool) -> QueuedNote | None:
         if any(n.order_id == order_id and n.dedupe == dedupe for n in self.notes.values()):
@@ -294,9 +296,6 @@ class InMemoryLedger:
 
     # -- the dashboard's requests and the Klarna binding ---------------------------------------
 
-    def payment_requests(self, job: ClaimedJob) -> Sequence[OpenRequest]:
-        return _ledger_requests(self, job)
-
     def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
         _ledger_mark(self, request_id, state, reason)
 
@@ -305,10 +304,6 @@ class InMemoryLedger:
 
 
 # -- Klarna ---------------------------------------------------------------------------------------
-
-
-def _ledger_requests(ledger: InMemoryLedger, job: ClaimedJob) -> Sequence[OpenRequest]:
-    return [r for _, r in sorted(ledger.requests.items()) if r.order_id == job.order_id]
 
 
 def _ledger_mark(ledger: InMemoryLedger, request_id: int, state: RequestState, reason: str | None) -> None:

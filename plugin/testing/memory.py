@@ -207,7 +207,7 @@ class InMemoryLedger:
             raise LeaseLost(f"job {job.id}")
         self.commits += 1
         operation_id = None
-        mismatch = _ledger_bind(self, changes.bind, job.order_id) if changes.bind else None
+        mismatch = self._bind(changes.bind, job.order_id) if changes.bind else None
         if changes.new_operation is not None and mismatch is None:
             new = changes.new_operation
             operation_id = next(self._ids)
@@ -297,26 +297,19 @@ class InMemoryLedger:
     # -- the dashboard's requests and the Klarna binding ---------------------------------------
 
     def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
-        _ledger_mark(self, request_id, state, reason)
+        self.requests[request_id] = replace(self.requests[request_id], state=state, reason=reason)
 
     def bind(self, job: ClaimedJob, klarna_order_id: str) -> Mismatch | None:
-        return _ledger_bind(self, klarna_order_id, job.order_id)
+        return self._bind(klarna_order_id, job.order_id)
+
+    def _bind(self, klarna_order_id: str, order_id: str) -> Mismatch | None:
+        bound = self.bindings.setdefault(klarna_order_id, order_id)
+        if bound != order_id:
+            return Mismatch(MismatchCode.BOUND_ELSEWHERE, f"Klarna order {klarna_order_id} already belongs to {bound}")
+        return None
 
 
 # -- Klarna ---------------------------------------------------------------------------------------
-
-
-def _ledger_mark(ledger: InMemoryLedger, request_id: int, state: RequestState, reason: str | None) -> None:
-    ledger.requests[request_id] = replace(ledger.requests[request_id], state=state, reason=reason)
-
-
-def _ledger_bind(ledger: InMemoryLedger, klarna_order_id: str, order_id: str) -> Mismatch | None:
-    bound = ledger.bindings.setdefault(klarna_order_id, order_id)
-    if bound != order_id:
-        return Mismatch(
-            MismatchCode.BOUND_ELSEWHERE, f"Klarna order {klarna_order_id} already belongs to order {bound}"
-        )
-    return None
 
 
 def _recorded(body: Mapping[str, Any]) -> tuple[RecordedLine, ...]:

@@ -82,10 +82,11 @@ def get_settings() -> Any:
     except SaleorError as exc:
         saleor_error = str(exc)
     allow_unpaid = dashboard.fulfillment_allow_unpaid(saleor) if channels is not None else None
+    handles_payments = dashboard.handles_payments(saleor) if channels is not None else None
     with services.db.transaction() as session:
         view = dashboard.settings_view(session, services.store, caller.saleor_api_url, channels)
     return jsonify(
-        **view, saleor_error=saleor_error, fulfillment_allow_unpaid=allow_unpaid,
+        **view, saleor_error=saleor_error, fulfillment_allow_unpaid=allow_unpaid, handles_payments=handles_payments,
         can_configure=caller.may(CONFIGURE), defaults=dashboard.default_settings(),
     )  # fmt: skip
 

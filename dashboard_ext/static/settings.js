@@ -51,6 +51,7 @@
       renderChannelSelect();
       showChannel();
       renderUnpaidCallout(data.fulfillment_allow_unpaid);
+      renderPaymentsCallout(data.handles_payments);
       if (!data.can_configure) {
         Array.prototype.forEach.call(form.elements, function (el) { if (el.id !== "channel-select") el.disabled = true; });
         $("save-button").disabled = $("discard-button").disabled = $("test-button").disabled = true;
@@ -147,6 +148,16 @@
     } else if (allowUnpaid === true) {
       $("unpaid-text").textContent = "This shop allows fulfillment of unpaid orders (fulfillmentAllowUnpaid), as capture on shipment needs.";
     }
+  }
+
+  function renderPaymentsCallout(handles) {
+    var box = $("payments-callout");
+    box.hidden = handles === null || handles === undefined;
+    box.classList.toggle("warning", handles === false);
+    box.classList.toggle("success", handles === true);
+    $("payments-text").textContent = handles
+      ? "The app keeps Saleor's books: each capture, refund and cancel is reported on its Klarna transaction, and the order's Capture, Refund and Cancel buttons reach Klarna."
+      : "This installation lacks the Handle payments permission: the app captures, refunds and cancels in Klarna and writes notes as before, but Saleor still shows the order unpaid and its buttons do not reach Klarna. Reinstall the app (or accept the new permission in Saleor) to have Saleor's books follow Klarna.";
   }
 
   function collect() {

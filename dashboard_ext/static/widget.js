@@ -33,6 +33,11 @@
   }
 
   function render(data) {
+    var books = data.books;
+    if (books && books.kind === "foreign") {
+      show(callout("info", "Kept by " + books.kept_by, "Another app keeps this Klarna payment's books; this app leaves it alone (" + books.reason + ")."));
+      return;
+    }
     if (!data.klarna_order_id) {
       show(note("Not a Klarna order: it has no Klarna transaction and no Klarna order id in its metadata."),
         data.saleor_error ? callout("warning", "Saleor did not answer", data.saleor_error) : null);
@@ -48,7 +53,7 @@
       badge(data.badge),
       !data.configured ? callout("warning", "Klarna is not configured", "Set the API credentials for this order's channel on the app's page.") : null,
       data.klarna_error ? callout("critical", "Klarna did not answer", data.klarna_error) : null,
-      amounts(k, data.klarna_order_id, !data.badge || data.badge.show_expiry),
+      amounts(k, data.klarna_order_id, !data.badge || data.badge.show_expiry, books),
       k && k.captures.length ? section("Captures", k.captures.map(function (c) { return line(c.id, c.display); })) : null,
       k && k.refunds.length ? section("Refunds", k.refunds.map(function (r) { return line(r.id, r.display); })) : null,
       data.exceptions.length ? section("Open exceptions", data.exceptions.map(exceptionLine)) : null,
@@ -63,7 +68,7 @@
     }));
   }
 
-  function amounts(k, klarnaOrderId, showExpiry) {
+  function amounts(k, klarnaOrderId, showExpiry, books) {
     function item(label, value) { return h("div", null, h("dt", null, label), h("dd", null, value)); }
     function wide(label, value, cls) {
       return h("div", { class: "wide" }, h("dt", null, label), h("dd", { class: cls || null }, value));
@@ -73,7 +78,8 @@
       item("Authorized", k.authorized.display), item("Captured", k.captured.display),
       item("Refunded", k.refunded.display), item("Remaining", k.remaining.display),
       k.expires_at && showExpiry ? wide("Authorization expires", B.when(k.expires_at)) : null,
-      wide("Klarna order", klarnaOrderId, "mono ids"));
+      wide("Klarna order", klarnaOrderId, "mono ids"),
+      books ? wide("Books in Saleor", books.booked_here ? "Kept by this app on its Klarna transaction" : "Kept by " + (books.kept_by || "another payment") + "; this app writes notes only") : null);
   }
 
   function section(title, rows) { return h("div", null, h("h3", null, title), h("div", { class: "list" }, rows)); }

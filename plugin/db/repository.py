@@ -34,8 +34,10 @@ from plugin.domain.ledger import (
     RetryLater,
 )
 from plugin.domain.states import ExceptionState, NoteState, OperationKind, OperationState
-from plugin.services import queue
+from plugin.domain.transactions import Mismatch
+from plugin.services import payment_requests, queue
 from plugin.services.merchant import SettingsStore
+from plugin.services.payment_requests import RequestState
 from plugin.services.ports import LeaseLost
 
 LOG_KEPT = 20  # exchanges kept per operation (the first ones; a retry storm does not grow the row)
@@ -133,6 +135,7 @@ class SqlLedger:
                 m.channel: m for m in (self.store.from_row(row) for row in rows if row.channel_slug is not None)
             }
             operations = tuple(_operation(row) for row in conn.execute(_LOAD_OPERATIONS, params))
+            requests = tuple(payment_requests.open_requests(conn, job.saleor_api_url, job.order_id, reported=True))
             notes = tuple(QueuedNote(row.id, row.message) for row in conn.execute(_LOAD_NOTES, params))
             exceptions = tuple(
                 OpenException(
@@ -152,6 +155,7 @@ class SqlLedger:
             operations=operations,
             pending_notes=notes,
             exceptions=exceptions,
+            requests=requests,
         )
 
     def commit(self, job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
@@ -160,7 +164,11 @@ class SqlLedger:
             if not _hold(conn, job, changes.job, lease_seconds):
                 raise LeaseLost(f"job {job.id}")
             now = utcnow()
-            operation_id = _insert_operation(conn, job, changes.new_operation, now) if changes.new_operation else None
+            mismatch = (
+                payment_requests.bind(conn, job.saleor_api_url, changes.bind, job.order_id) if changes.bind else None
+            )
+            new = changes.new_operation if mismatch is None else None
+            operation_id = _insert_operation(conn, job, new, now) if new else None
             for change in changes.operations:
                 _update_operation(conn, change.operation, change.log, change.attempted, now)
             state = NoteState.SKIPPED if changes.skip_notes else NoteState.PENDING
@@ -175,7 +183,17 @@ class SqlLedger:
                 conn.execute(_NOTE_FAILED, {"p_ids": list(changes.note_failures)})
             if changes.resolved:
                 conn.execute(_RESOLVE, {"p_ids": list(changes.resolved), "p_now": now})
-        return Committed(operation_id, tuple(queued))
+        return Committed(operation_id, tuple(queued), mismatch)
+
+    # -- the dashboard's requests and the Klarna binding (plugin/services/payment_requests.py) ---
+
+    def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
+        with self.db.transaction() as session:
+            payment_requests.mark(session, request_id, state, reason)
+
+    def bind(self, job: ClaimedJob, klarna_order_id: str) -> Mismatch | None:
+        with self.db.transaction() as session:
+            return payment_requests.bind(session, job.saleor_api_url, klarna_order_id, job.order_id)
 
 
 def _hold(session: Session | Connection, job: ClaimedJob, end: Finish | RetryLater | None, lease_seconds: int) -> bool:

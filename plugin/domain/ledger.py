@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .model import MerchantSettings
+from .requests import OpenRequest
 from .states import ExceptionState, OperationKind, OperationState
+from .transactions import Mismatch
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class Changes:
     exceptions: list[ExceptionDraft] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
     job: Finish | RetryLater | None = None
+    # Bind this Klarna order id to the job's order first; on a mismatch ``new_operation`` is not written.
+    bind: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -164,6 +168,7 @@ class Committed:
 
     operation_id: int | None = None
     queued_notes: tuple[QueuedNote, ...] = ()
+    mismatch: Mismatch | None = None  # the Klarna order belongs to another order (``Changes.bind``)
 
 
 @dataclass(frozen=True)
@@ -176,3 +181,4 @@ class JobSnapshot:
     operations: tuple[LedgerOperation, ...]
     pending_notes: tuple[QueuedNote, ...]
     exceptions: tuple[OpenException, ...]
+    requests: tuple[OpenRequest, ...] = ()  # the dashboard's requests of the order, reported ones too

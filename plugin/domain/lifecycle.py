@@ -75,6 +75,7 @@ class AppHistory:
     cancelled: bool = False
     updates: int = 0  # authorization updates performed: a new update gets a new reference
     refused_update_amounts: frozenset[int] = frozenset()  # amounts Klarna finally refused to authorize
+    references: frozenset[str] = frozenset()  # Klarna references of the app's own captures and refunds (buttons)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def plan_life(
     history: AppHistory,
     *,
     now: datetime,
+    prepaid: frozenset[str] = frozenset(),
 ) -> LifePlan:
     """Everything missing for ``order``: the mapping's operations (:func:`plan.plan`) plus the authorization's life.
 
@@ -122,7 +124,7 @@ def plan_life(
         # What follows the update is planned against the authorization it asks for; if Klarna
         # refuses, the operations after it are not sent and the next plan blocks instead.
         view = replace(view, order_amount=update.amount, remaining=update.amount - view.captured)
-    base = plan(order, view, mapping, options, now=now)
+    base = plan(order, view, mapping, options, now=now, prepaid=prepaid)
     operations = list(base.operations)
     blocked[:0] = base.blocked
     if shop_cancelled and Action(mapping.get(order.status, Action.NONE)) is Action.CANCEL:
@@ -209,11 +211,13 @@ def _app_references(order: ShopOrder) -> frozenset[str]:
 
 def _outside_captures(order: ShopOrder, klarna: KlarnaOrder, history: AppHistory) -> list[KlarnaCapture]:
     ours = _app_references(order)
+    ours |= history.references
     return [c for c in klarna.captures if c.capture_id not in history.capture_ids and c.reference not in ours]
 
 
 def _outside_refunds(order: ShopOrder, klarna: KlarnaOrder, history: AppHistory) -> list[KlarnaRefund]:
     ours = _app_references(order)
+    ours |= history.references
     return [r for r in klarna.refunds if r.refund_id not in history.refund_ids and r.reference not in ours]
 
 

@@ -142,6 +142,7 @@ class KlarnaOrder:
     captures: tuple[KlarnaCapture, ...] = ()
     refunds: tuple[KlarnaRefund, ...] = ()
     created_at: datetime | None = None  # the purchase: Klarna's 180-day limit counts from here
+    merchant_reference1: str | None = None  # the shop's order reference, where the checkout set one
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ refunds nothing and leaves that shipment's value right.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,8 +24,10 @@ from .model import (
     Action,
     Blocked,
     Fulfillment,
+    KlarnaCapture,
     KlarnaLine,
     KlarnaOrder,
+    KlarnaRefund,
     Options,
     OrderLine,
     Plan,
@@ -36,6 +38,9 @@ from .money import format_minor, share, tax_of_gross
 from .states import OperationKind
 
 SHIPPING_REFERENCE = "shipping"
+# A capture (refund) after one made from the dashboard by amount alone carries that amount back
+# as a negative line under this reference, so Klarna's records say how much of it is spent.
+PREPAID_REFERENCE = "prepaid"
 _CAPTURABLE = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
@@ -46,8 +51,14 @@ def plan(
     options: Options,
     *,
     now: datetime,
+    prepaid: frozenset[str] = frozenset(),
 ) -> Plan:
-    """The Klarna operations missing for ``order`` under ``mapping``, in the order to perform them."""
+    """The Klarna operations missing for ``order`` under ``mapping``, in the order to perform them.
+
+    ``prepaid`` names the Klarna references of captures and refunds made for the dashboard's
+    buttons by amount alone (no lines): their money is counted when shipments and returns are
+    planned (:func:`_prepaid_left`), so fulfilling everything captures the rest, never more.
+    """
     action = Action(mapping.get(order.status, Action.NONE))
     if action is Action.CANCEL:
         return Plan(operations=_plan_cancel(klarna))
@@ -59,9 +70,9 @@ def plan(
     # A return implies a shipment: under a refund action, still capture what shipped, if the
     # merchant captures at all.
     if action is Action.CAPTURE or Action.CAPTURE in {Action(a) for a in mapping.values()}:
-        _plan_captures(order, klarna, books, options, now, operations, blocked)
+        _plan_captures(order, klarna, books, options, now, operations, blocked, prepaid)
     if action is Action.REFUND:
-        _plan_refunds(order, klarna, books, options, operations, blocked)
+        _plan_refunds(order, klarna, books, options, operations, blocked, prepaid)
     return Plan(operations=tuple(operations), blocked=tuple(blocked))
 
 
@@ -197,6 +208,17 @@ def _shipping_line(order: ShopOrder, gross: int) -> KlarnaLine:
     )
 
 
+def _prepaid_left(records: Sequence[KlarnaCapture | KlarnaRefund], prepaid: frozenset[str]) -> int:
+    """Money captured (refunded) by amount alone for the buttons, not yet spent on a shipment (return)."""
+    paid = sum(r.amount for r in records if r.reference in prepaid and not r.lines)
+    spent = -sum(line.amount for r in records for line in r.lines if line.reference == PREPAID_REFERENCE)
+    return max(paid - spent, 0)
+
+
+def _prepaid_line(amount: int, name: str) -> KlarnaLine:
+    return KlarnaLine("discount", PREPAID_REFERENCE, name, 1, -amount, -amount, 0, 0, 0)
+
+
 def _fully_fulfilled(order: ShopOrder) -> bool:
     held: dict[str, int] = {}
     for fulfillment in order.fulfillments:
@@ -231,6 +253,7 @@ def _plan_captures(
     now: datetime,
     operations: list[PlannedOperation],
     blocked: list[Blocked],
+    prepaid: frozenset[str] = frozenset(),
 ) -> None:
     captured_refs = {c.reference for c in klarna.captures}
     pending = [
@@ -247,6 +270,7 @@ def _plan_captures(
     shipping_captured = "shipping_fee" in {t for c in klarna.captures for t in c.line_types}
     complete = _fully_fulfilled(order)
     remaining = klarna.remaining
+    credit = _prepaid_left(klarna.captures, prepaid)
     for index, fulfillment in enumerate(pending):
         lines = _capture_lines(order, fulfillment, books)
         is_last = index == len(pending) - 1
@@ -256,6 +280,10 @@ def _plan_captures(
             tally = books.tally(SHIPPING_REFERENCE)
             tally.captured_units, tally.captured = 1, books.shipping
         amount = sum(line.total_amount for line in lines)
+        if credit > 0 and amount > 0:
+            used = min(credit, amount)
+            lines.append(_prepaid_line(used, "Captured earlier from the dashboard"))
+            amount, credit = amount - used, credit - used
         if amount > remaining:
             blocked.append(
                 Blocked(
@@ -330,8 +358,10 @@ def _plan_refunds(
     options: Options,
     operations: list[PlannedOperation],
     blocked: list[Blocked],
+    prepaid: frozenset[str] = frozenset(),
 ) -> None:
     refunded_refs = {r.reference for r in klarna.refunds}
+    credit = _prepaid_left(klarna.refunds, prepaid)
     available = (
         klarna.captured + sum(op.amount for op in operations if op.kind is OperationKind.CAPTURE) - klarna.refunded
     )
@@ -353,6 +383,10 @@ def _plan_refunds(
         wanted.append((SHIPPING_REFERENCE, [_shipping_line(order, gross)], "Shipping of a fully returned order"))
     for reference, lines, description in wanted:
         amount = sum(line.total_amount for line in lines)
+        if credit > 0 and amount > 0:
+            used = min(credit, amount)
+            lines = [*lines, _prepaid_line(used, "Refunded earlier from the dashboard")]
+            amount, credit = amount - used, credit - used
         if amount > available:
             blocked.append(
                 Blocked(

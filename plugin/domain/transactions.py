@@ -398,3 +398,31 @@ def refuse_reason(request: ActionRequest, me: AppRef) -> str | None:
     if request.amount > limit:
         return f"{request.amount} exceeds {what} ({limit}, minor units)"
     return None
+
+
+# -- what Saleor answers (the adapter parses it: plugin/saleor/transactions.py) ------------------
+
+
+@dataclass(frozen=True)
+class OrderBooks:
+    """What Saleor's books say about an order's payment: the input of ``resolve_source``."""
+
+    order_id: str
+    number: str
+    checkout_id: str | None
+    channel_slug: str
+    currency: str
+    total_gross: int
+    private_klarna_id: str | None  # private metadata only: a shopper writes the public one
+    transactions: tuple[SaleorTransaction, ...]
+    payments: tuple[LegacyPayment, ...]
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """transactionEventReport's answer. ``already_processed``: Saleor had it (a replay is success)."""
+
+    ok: bool
+    already_processed: bool = False
+    error_code: str | None = None  # INCORRECT_DETAILS, NOT_FOUND, PERMISSION_DENIED, ...
+    message: str = ""

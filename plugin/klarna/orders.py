@@ -39,6 +39,7 @@ def parse_order(raw: dict[str, Any]) -> KlarnaOrder:
         remaining=int(raw.get("remaining_authorized_amount", 0)),
         expires_at=_time(raw.get("expires_at")),
         created_at=_time(raw.get("created_at")),
+        merchant_reference1=raw.get("merchant_reference1") or None,
         captures=tuple(
             KlarnaCapture(
                 c["capture_id"],

@@ -29,9 +29,8 @@ from plugin import http
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import Fulfillment, FulfillmentLine, KlarnaOrderId, OrderLine, SaleorOrderId, ShopOrder
 from plugin.domain.money import tax_rate_basis_points, to_minor
-from plugin.domain.transactions import SaleorTransaction
+from plugin.domain.transactions import OrderBooks, ReportOutcome, SaleorTransaction
 from plugin.saleor import transactions as tx_wire
-from plugin.saleor.transactions import OrderBooks, ReportOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +72,7 @@ mutation KlarnaOmSummary($id: ID!, $input: [MetadataInput!]!) {
 """
 
 APP_ID = "{ app { id } }"
+APP_PERMISSIONS = "query KlarnaOmPermissions { app { permissions { code } } }"
 ORDER_NUMBERS = """
 query KlarnaOmOrderNumbers($ids: [ID!], $first: Int!) {
   orders(first: $first, filter: {ids: $ids}) { edges { node { id number } } }
@@ -324,6 +324,12 @@ class SaleorClient:
         data = self._execute(ORDER_NUMBERS, {"ids": order_ids[:100], "first": min(len(order_ids), 100)})
         edges = (data.get("orders") or {}).get("edges") or []
         return {e["node"]["id"]: str(e["node"]["number"]) for e in edges if e and e.get("node")}
+
+    def app_permissions(self) -> list[str]:
+        """The permission codes Saleor granted this installation (HANDLE_PAYMENTS: Saleor's books)."""
+        app = self._execute(APP_PERMISSIONS, {}).get("app")
+        perms = app.get("permissions") if isinstance(app, dict) else None
+        return [str(p.get("code")) for p in perms or [] if isinstance(p, dict)]
 
     # -- Saleor's books (plugin/saleor/transactions.py has the documents and parsing) --------------
 

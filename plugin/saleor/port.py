@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import ShopOrder
+from plugin.domain.transactions import OrderBooks, ReportOutcome, SaleorTransaction
 from plugin.saleor.client import SaleorClient, SaleorError
-from plugin.services.ports import SaleorUnavailable
+from plugin.services.ports import BooksUnavailable, SaleorUnavailable
+
+
+def _unavailable(exc: SaleorError, what: str) -> Exception:
+    """Saleor's PermissionDenied (no HANDLE_PAYMENTS) is not an outage: the books are not ours to keep."""
+    text = str(exc)
+    if "PermissionDenied" in text or "HANDLE_PAYMENTS" in text:
+        return BooksUnavailable(f"{what}: the app lacks HANDLE_PAYMENTS")
+    return SaleorUnavailable(f"{what}: {exc}")
 
 
 class SaleorOrders:
@@ -30,3 +40,21 @@ class SaleorOrders:
             self.client.set_private_metadata(object_id, values)
         except SaleorError as exc:
             raise SaleorUnavailable(f"metadata not written: {exc}") from None
+
+    def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None:
+        try:
+            return self.client.get_books(order_id, metadata_key)
+        except SaleorError as exc:
+            raise _unavailable(exc, "Saleor's books not read") from None
+
+    def create_transaction(self, order_id: str, draft: TransactionDraft) -> SaleorTransaction:
+        try:
+            return self.client.create_transaction(order_id, draft)
+        except SaleorError as exc:
+            raise _unavailable(exc, "transaction not created") from None
+
+    def report_event(self, transaction_id: str, report: EventReport, currency: str) -> ReportOutcome:
+        try:
+            return self.client.report_event(transaction_id, report, currency)
+        except SaleorError as exc:
+            raise _unavailable(exc, "event not reported") from None

@@ -7,13 +7,20 @@ JSON numbers like the samples (``130.0``): a Decimal of at most 3 decimals round
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.money import MoneyError, exponent, to_minor
-from plugin.domain.transactions import AppRef, EventType, LegacyPayment, SaleorTransaction, TransactionEvent
+from plugin.domain.transactions import (
+    AppRef,
+    EventType,
+    LegacyPayment,
+    OrderBooks,
+    ReportOutcome,
+    SaleorTransaction,
+    TransactionEvent,
+)
 
 
 class ShapeError(ValueError):
@@ -158,21 +165,6 @@ def parse_transaction(node: object, currency: str) -> SaleorTransaction:
     )
 
 
-@dataclass(frozen=True)
-class OrderBooks:
-    """What Saleor's books say about an order's payment: the input of ``resolve_source``."""
-
-    order_id: str
-    number: str
-    checkout_id: str | None
-    channel_slug: str
-    currency: str
-    total_gross: int
-    private_klarna_id: str | None  # private metadata only: a shopper writes the public one
-    transactions: tuple[SaleorTransaction, ...]
-    payments: tuple[LegacyPayment, ...]
-
-
 def parse_books(raw: dict[str, Any]) -> OrderBooks:
     currency = raw["total"]["gross"]["currency"]
     private_id = raw.get("klarnaOrderId")
@@ -207,16 +199,6 @@ def report_variables(transaction_id: str, report: EventReport, currency: str) ->
         "amount": major(report.amount, currency), "message": report.message[:512],
         "url": report.external_url or None, "actions": None if report.available_actions is None else [a.value for a in report.available_actions],
     }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ReportOutcome:
-    """transactionEventReport's answer. ``already_processed``: Saleor had it (a replay is success)."""
-
-    ok: bool
-    already_processed: bool = False
-    error_code: str | None = None  # INCORRECT_DETAILS, NOT_FOUND, PERMISSION_DENIED, ...
-    message: str = ""
 
 
 def parse_report(data: dict[str, Any] | None) -> ReportOutcome:

@@ -22,15 +22,14 @@ from plugin.domain.books import (
     transaction_draft,
 )
 from plugin.domain.model import KlarnaOrder
-from plugin.domain.transactions import PaymentSource, SaleorTransaction, SourceKind
-from plugin.saleor.transactions import OrderBooks, ReportOutcome
-from plugin.services.payment_requests import OpenRequest, RequestState
+from plugin.domain.requests import OpenRequest, RequestState
+from plugin.domain.transactions import OrderBooks, PaymentSource, ReportOutcome, SaleorTransaction, SourceKind
 
 
 class SaleorBooks(Protocol):
     """The part of the Saleor port this use case needs (SaleorClient implements it)."""
 
-    def get_books(self, order_id: str, metadata_key: str = ...) -> OrderBooks | None: ...
+    def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None: ...
 
     def create_transaction(self, order_id: str, draft: TransactionDraft) -> SaleorTransaction: ...
 

@@ -18,14 +18,16 @@ from typing import Any, Protocol
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from plugin.db.models import ChannelSettings, Operation, ProcessException, utcnow
+from plugin.db.models import ChannelSettings, Installation, Operation, ProcessException, utcnow
 from plugin.domain.model import ORDER_STATUSES, Action, KlarnaOrder, Options
 from plugin.domain.money import format_minor
 from plugin.domain.states import ExceptionState, OperationState, transition
+from plugin.domain.transactions import AppRef, SourceKind, resolve_source
 from plugin.klarna.client import BASE_URLS, base_url
 from plugin.klarna.errors import KlarnaAuthError, KlarnaError, KlarnaNotFoundError, KlarnaTransportError
 from plugin.klarna.orders import parse_order
 from plugin.saleor.client import SaleorError
+from plugin.services.booking import APP_IDENTIFIER
 from plugin.services.exceptions import retry_exception
 from plugin.services.merchant import (
     ANY_CHANNEL,
@@ -64,6 +66,7 @@ class ShopReads(Protocol):
     def list_channels(self) -> list[dict[str, Any]]: ...
     def fulfillment_allow_unpaid(self) -> bool | None: ...
     def order_numbers(self, order_ids: list[str]) -> dict[str, str]: ...
+    def app_permissions(self) -> list[str]: ...
 
 
 ORDER_NUMBERS_PER_QUERY = 100  # Saleor's page size limit
@@ -109,6 +112,14 @@ def fulfillment_allow_unpaid(saleor: ShopReads) -> bool | None:
     """``shop.fulfillmentAllowUnpaid``, or None when Saleor does not say (capture on shipment needs True)."""
     try:
         return saleor.fulfillment_allow_unpaid()
+    except Exception:  # noqa: BLE001 - a hint on the page, never a reason to fail it
+        return None
+
+
+def handles_payments(saleor: ShopReads) -> bool | None:
+    """Whether the installation holds HANDLE_PAYMENTS (Saleor's books), None when Saleor does not say."""
+    try:
+        return "HANDLE_PAYMENTS" in saleor.app_permissions()
     except Exception:  # noqa: BLE001 - a hint on the page, never a reason to fail it
         return None
 
@@ -330,11 +341,12 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
         ops = operations(session, saleor_api_url, order_id=order_id, limit=100)
         exceptions = open_exceptions(session, saleor_api_url, order_id=order_id)
         defaults = sources.store.get(session, saleor_api_url, ANY_CHANNEL)
+        app_id = session.scalar(select(Installation.app_id).where(Installation.saleor_api_url == saleor_api_url))
     metadata_key = defaults.options.klarna_id_metadata_key if defaults else "klarna_order_id"
     view: dict[str, Any] = {
         "order_id": order_id, "order": None, "klarna_order_id": ops[0]["klarna_order_id"] if ops else None,
         "configured": False, "klarna": None, "klarna_error": None, "saleor_error": None,
-        "operations": ops, **exceptions,
+        "operations": ops, **exceptions, "books": None, "fulfilled_uncaptured": False,
     }  # fmt: skip
     channel = ANY_CHANNEL
     try:
@@ -349,6 +361,7 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
     with sources.db_transaction() as session:
         merchant = sources.store.get(session, saleor_api_url, channel)
     view["configured"] = bool(merchant and merchant.has_credentials)
+    _books(view, sources, order_id, metadata_key, AppRef(app_id or "", APP_IDENTIFIER), merchant)
     klarna = None
     if merchant is not None and merchant.has_credentials and view["klarna_order_id"]:
         try:
@@ -359,7 +372,35 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
     options = merchant.options if merchant is not None else Options()
     status = shop_order.status if shop_order is not None else None
     view["badge"] = order_badge(status, klarna, view["open_count"], options, utcnow())
+    captured = view["klarna"]["captured"]["amount"] if view["klarna"] else None
+    status = (view["order"] or {}).get("status")
+    view["fulfilled_uncaptured"] = status in ("FULFILLED", "PARTIALLY_FULFILLED") and captured == 0
     return view
+
+
+def _books(
+    view: dict[str, Any], sources: OrderSources, order_id: str, key: str, me: AppRef, merchant: MerchantSettings | None
+) -> None:
+    """Whose books the payment is in (issue 9 item 5); the Klarna id only from a source a shopper cannot write."""
+    try:
+        books = sources.saleor.get_books(order_id, key)
+    except Exception:  # noqa: BLE001 - an older installation (no HANDLE_PAYMENTS) or Saleor down: as before
+        return
+    if books is None:
+        return
+    allowed = frozenset(merchant.options.allowed_payment_apps) if merchant else frozenset()
+    source = resolve_source(
+        transactions=books.transactions, me=me, private_klarna_id=books.private_klarna_id,
+        allowed_apps=allowed, payments=books.payments,
+    )  # fmt: skip
+    view["books"] = {
+        "kind": source.kind.value, "kept_by": source.books_kept_by, "reason": source.reason,
+        "booked_here": source.books,
+    }  # fmt: skip
+    if source.kind is SourceKind.FOREIGN:
+        view["klarna_order_id"] = None  # another app's payment: this app does not act on it
+    elif source.klarna_order_id:
+        view["klarna_order_id"] = source.klarna_order_id
 
 
 # -- test connection --------------------------------------------------------------------------

@@ -11,23 +11,18 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, CursorResult, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from plugin.db.models import KlarnaBinding, PaymentRequest, UTCDateTime, utcnow
+from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.transactions import REQUEST_EVENT, ActionKind, ActionRequest, Mismatch, MismatchCode
 
+__all__ = ["OpenRequest", "RecordedRequest", "RequestState", "bind", "mark", "open_requests", "record", "request_key"]
+
 _NAMESPACE = uuid.UUID("5b0f7d3e-8a8e-4f51-9a57-0c1f0a4d2b11")
-
-
-class RequestState(StrEnum):
-    RECORDED = "recorded"  # answered with its pspReference; the worker has not finished it
-    PERFORMED = "performed"  # Klarna did it; the report is still due
-    REPORTED = "reported"  # Saleor has the *_SUCCESS or *_FAILURE under the pspReference
-    FAILED = "failed"  # Klarna refused; the *_FAILURE report is still due
 
 
 @dataclass(frozen=True)
@@ -35,21 +30,6 @@ class RecordedRequest:
     id: int
     psp_reference: str
     created: bool  # False: an identical delivery was already recorded
-
-
-@dataclass(frozen=True)
-class OpenRequest:
-    id: int
-    order_id: str
-    transaction_id: str
-    klarna_order_id: str
-    action: ActionKind
-    amount: int
-    currency: str
-    psp_reference: str
-    details: dict[str, object]
-    state: RequestState
-    reason: str | None = None  # why Klarna refused it (state FAILED)
 
 
 def request_key(request: ActionRequest, raw_body: bytes) -> str:
@@ -116,17 +96,16 @@ def record(conn: Session | Connection, saleor_api_url: str, request: ActionReque
     return RecordedRequest(row.id, row.psp_reference, created=inserted.rowcount == 1)
 
 
-def open_requests(conn: Session | Connection, saleor_api_url: str, order_id: str) -> list[OpenRequest]:
-    """The order's requests still to perform or to report, oldest first."""
-    rows = conn.execute(
-        select(PaymentRequest)
-        .where(
-            PaymentRequest.saleor_api_url == saleor_api_url,
-            PaymentRequest.order_id == order_id,
-            PaymentRequest.state != RequestState.REPORTED.value,
-        )
-        .order_by(PaymentRequest.id)
-    ).all()
+def open_requests(
+    conn: Session | Connection, saleor_api_url: str, order_id: str, *, reported: bool = False
+) -> list[OpenRequest]:
+    """The order's requests still to perform or to report (with ``reported``, all), oldest first."""
+    query = select(PaymentRequest).where(
+        PaymentRequest.saleor_api_url == saleor_api_url, PaymentRequest.order_id == order_id
+    )
+    if not reported:
+        query = query.where(PaymentRequest.state != RequestState.REPORTED.value)
+    rows = conn.execute(query.order_by(PaymentRequest.id)).all()
     return [
         OpenRequest(
             r.id,

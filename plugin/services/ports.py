@@ -11,8 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.ledger import Changes, ClaimedJob, Committed, JobSnapshot
 from plugin.domain.model import KlarnaOrder, ShopOrder
+from plugin.domain.requests import RequestState
+from plugin.domain.transactions import Mismatch, OrderBooks, ReportOutcome, SaleorTransaction
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -60,6 +63,11 @@ class Transient(Exception):
         self.progressed = progressed
 
 
+class BooksUnavailable(Exception):
+    """Saleor refuses this app its books (an installation without HANDLE_PAYMENTS): act as before,
+    with notes and metadata only."""
+
+
 class LeaseLost(Exception):
     """Another worker took the job over; stop without touching anything."""
 
@@ -97,6 +105,10 @@ class SaleorPort(Protocol):
     def get_order(self, order_id: str, metadata_key: str) -> ShopOrder | None: ...
     def add_note(self, order_id: str, message: str) -> None: ...
     def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None: ...
+    # Saleor's books (issue 9). Each raises :class:`BooksUnavailable` without HANDLE_PAYMENTS.
+    def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None: ...
+    def create_transaction(self, order_id: str, draft: TransactionDraft) -> SaleorTransaction: ...
+    def report_event(self, transaction_id: str, report: EventReport, currency: str) -> ReportOutcome: ...
 
 
 class LedgerRepository(Protocol):
@@ -113,4 +125,14 @@ class LedgerRepository(Protocol):
     def commit(self, job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
         """Write ``changes`` in one transaction, renewing the lease; raises :class:`LeaseLost` (nothing written)
         when another worker holds the job."""
+        ...
+
+    # -- the dashboard's requests and the Klarna binding (issue 9, issue 11 item 1) ---------------
+
+    def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
+        """Move one request on (PERFORMED, FAILED with Klarna's reason, REPORTED); its own transaction."""
+        ...
+
+    def bind(self, job: ClaimedJob, klarna_order_id: str) -> Mismatch | None:
+        """Bind the Klarna order to the job's order, or say which other order it already belongs to."""
         ...

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from plugin.domain.books import merchant_id_of, portal_order_url
 from plugin.domain.ledger import (
     Changes,
     ClaimedJob,
@@ -40,12 +41,32 @@ from plugin.domain.ledger import (
     RetryLater,
 )
 from plugin.domain.lifecycle import plan_life
-from plugin.domain.model import Action, Blocked, KlarnaOrder, MerchantSettings, PlannedOperation, ShopOrder
+from plugin.domain.model import (
+    Action,
+    Blocked,
+    KlarnaOrder,
+    MerchantSettings,
+    Options,
+    PlannedOperation,
+    ShopOrder,
+)
 from plugin.domain.money import format_minor
+from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
-from plugin.services import lifecycle
+from plugin.domain.transactions import (
+    EventType,
+    Mismatch,
+    MismatchCode,
+    OrderBooks,
+    PaymentSource,
+    SourceKind,
+    check_match,
+)
+from plugin.services import booking, lifecycle
+from plugin.services.books import keep_books
 from plugin.services.kinds import KINDS, fulfillment_name
 from plugin.services.ports import (
+    BooksUnavailable,
     KlarnaFailure,
     KlarnaPort,
     LeaseLost,
@@ -61,6 +82,7 @@ logger = logging.getLogger(__name__)
 
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
 NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
+BOOKS_RECHECK_SECONDS = 60.0  # Saleor's books not kept this run (Saleor down, a request refused): again
 # After giving up, the order is checked again on its own (nothing stranded) at this many retry
 # bases, at most 15 minutes; the open exception tells the admin meanwhile.
 GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 3000.0, 900.0
@@ -160,6 +182,11 @@ class _Run:
         self.klarna_state: KlarnaOrder | None = None
         self.told: set[str] = set()  # subjects raised in this run
         self.planned = False  # the run read Klarna and planned: a block it did not raise is gone
+        # Saleor's books (issue 9): whose payment it is, the dashboard's requests, Klarna after the run.
+        self.source: PaymentSource | None = None
+        self.books: OrderBooks | None = None
+        self.requests: list[OpenRequest] = []
+        self.fresh = False  # klarna_state was read after the operations
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -169,12 +196,23 @@ class _Run:
         metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
         try:
             order = self.saleor.get_order(self.job.order_id, metadata_key)
+            source = None
+            if order is not None:
+                found = channels.get(order.channel_slug, any_channel)
+                options = found.options if found else Options()
+                source, self.books = booking.source_of(self.saleor, order, metadata_key, self.snapshot.app_id, options)
         except SaleorUnavailable as exc:
             raise Transient(str(exc)) from None
-        if order is None or order.klarna_order_id is None:
-            self.outcome.skipped = "not a Klarna order"
+        if order is None or source is None or not source.acts:
+            # Not a Klarna order, or another app's Klarna payment: nothing is written (issue 9 item 1c).
+            self.outcome.skipped = (
+                source.reason if source and source.kind is SourceKind.FOREIGN else "not a Klarna order"
+            )
             self._commit(job=Finish())
             return
+        self.source = source
+        # The Klarna id comes only from the source: never from a transaction of an app not allowed.
+        order = replace(order, klarna_order_id=source.klarna_order_id)
         self.order = order
         self.merchant = channels.get(order.channel_slug, any_channel)
         if self.merchant is None or not self.merchant.has_credentials:
@@ -196,33 +234,55 @@ class _Run:
         # Klarna is read on every run, whatever the mapping says for the status: a scheduled check
         # (expiry, drift, a fraud decision) has no webhook of its own.
         order = self._order
+        if self.source is not None and self.source.books:
+            self.requests = list(self.snapshot.requests)
         klarna = self.deps.klarna_for(merchant)
         state = self._read_klarna(klarna)
         if state is None:
             return
         state = self._reconcile(state)
         self.klarna_state = state
+        if not self._matches(state):
+            return
+        tx = self.source.transaction if self.source else None
+        cancel_booked = tx is not None and any(e.type is EventType.CANCEL_SUCCESS for e in tx.events)
+        # The dashboard's requests first; the plan sees Klarna with them done (issue 9 item 4).
+        steps, seen = booking.button_steps(self.requests, order, state, cancel_booked=cancel_booked)
         now = self.deps.now()
-        history = lifecycle.app_history(self.ops.values())
-        life = plan_life(order, state, merchant.mapping, merchant.options, history, now=now)
+        buttons = [step.operation for step in steps if step.operation is not None]
+        # What the buttons are about to do is the app's own, not activity seen in Klarna.
+        history = replace(
+            lifecycle.app_history(self.ops.values()),
+            references=booking.prepaid_references(self.requests),
+        )
+        history = replace(
+            history,
+            cancelled=history.cancelled or any(op.kind is OperationKind.CANCEL for op in buttons),
+            released=history.released or any(op.kind is OperationKind.RELEASE for op in buttons),
+        )
+        life = plan_life(
+            order, seen, merchant.mapping, merchant.options, history, now=now,
+            prepaid=booking.prepaid_references(self.requests),
+        )  # fmt: skip
         self.planned = True
-        self._supersede(life.operations)
+        self._supersede([*buttons, *life.operations])
         self.pending.notes.extend(lifecycle.seen_notes(life.seen, self._klarna_id))
         for blocked in life.blocked:
             self._blocked(blocked)
-        for op in life.operations:
+        for op in [*buttons, *life.operations]:
             if not self._perform(klarna, op):
                 break
-        self._schedule(klarna, state, merchant, now)
+        self._settle_requests(steps)
+        self._refresh(klarna)
+        self._schedule(merchant, now)
+        self._keep_books(merchant)
 
-    def _schedule(self, klarna: KlarnaPort, state: KlarnaOrder, merchant: MerchantSettings, now: datetime) -> None:
+    def _schedule(self, merchant: MerchantSettings, now: datetime) -> None:
         """Keep the order's next check (the job's delayed run) while something is authorized."""
-        after, soon = state, None
-        if self.outcome.performed:
-            try:
-                after = klarna.get_order(self._klarna_id)
-            except KlarnaFailure:
-                soon = NOTE_RECHECK_SECONDS  # Klarna's state after the operations is unknown: look again soon
+        after = self.klarna_state
+        assert after is not None  # read before the plan; re-read by _refresh after operations
+        # Klarna's state after the operations is unknown (the re-read failed): look again soon.
+        soon = NOTE_RECHECK_SECONDS if self.outcome.performed and not self.fresh else None
         extended = {
             f"op:{op.id}:succeeded" for op in self.ops.values() if op.kind is OperationKind.EXTEND_AUTHORIZATION
         }
@@ -326,7 +386,10 @@ class _Run:
                 # units so the next shipment of the line is valued after them.
                 state=OperationState.SUCCEEDED if free else OperationState.PENDING,
             )
-            committed = self._commit(new_operation=new)
+            committed = self._commit(new_operation=new, bind=self._klarna_id)
+            if committed.mismatch is not None:  # the Klarna order is another order's: nothing written, nothing sent
+                self._mismatch(committed.mismatch)
+                return False
             assert committed.operation_id is not None
             op = LedgerOperation(
                 id=committed.operation_id,
@@ -563,10 +626,14 @@ class _Run:
             self._commit()
 
     def _commit(
-        self, *, new_operation: NewOperation | None = None, job: Finish | RetryLater | None = None
+        self,
+        *,
+        new_operation: NewOperation | None = None,
+        job: Finish | RetryLater | None = None,
+        bind: str | None = None,
     ) -> Committed:
         changes, self.pending = self.pending, Changes()
-        changes.new_operation, changes.job = new_operation, job
+        changes.new_operation, changes.job, changes.bind = new_operation, job, bind
         started = self.deps.monotonic()
         committed = self.deps.repo.commit(self.job, changes, lease_seconds=self.deps.lease_seconds)
         self.lease_from = started
@@ -583,9 +650,10 @@ class _Run:
         captured = max(state.captured, sum(op.amount for op in done if op.kind is OperationKind.CAPTURE))
         refunded = max(state.refunded, sum(op.amount for op in done if op.kind is OperationKind.REFUND))
         last = done[-1].kind if done else None
+        status = state.status if self.fresh or last is None else SUMMARY_STATUS.get(last, state.status)
         summary = {
             "klarna_om.order_id": self._klarna_id,
-            "klarna_om.status": SUMMARY_STATUS.get(last, state.status) if last else state.status,
+            "klarna_om.status": status,
             "klarna_om.captured": format_minor(captured, order.currency),
             "klarna_om.refunded": format_minor(refunded, order.currency),
         }
@@ -593,6 +661,140 @@ class _Run:
             self.saleor.set_private_metadata(order.id, summary)
         except SaleorUnavailable:
             logger.warning("order summary metadata not written", extra=self._log_extra())
+
+    # -- Saleor's books and the dashboard's requests (plugin/services/booking.py) -------------------
+
+    def _books_due(self) -> bool:
+        """Work for the books without a status action: requests to perform or report, a transaction to create."""
+        source = self.source
+        if source is None or not source.books:
+            return False
+        return source.kind is SourceKind.CREATE or any(r.state is not RequestState.REPORTED for r in self.requests)
+
+    def _matches(self, state: KlarnaOrder) -> bool:
+        """Before the first operation: one Klarna order for one Saleor order, and it fits the order (issue 11)."""
+        if any(op.state is OperationState.SUCCEEDED for op in self.ops.values()):
+            return True
+        assert self.source is not None  # set with the order
+        mismatch = check_match(
+            booking.order_facts(self._order, self.books, self.source), state, state.merchant_reference1
+        )
+        if mismatch is not None and self._edited_down(mismatch, state):
+            mismatch = None  # the authorization update brings Klarna down to the edited order (issue 10 item 4)
+        if mismatch is None and self.source.kind is SourceKind.CREATE:
+            # Bound before the transaction is created (the first operation's commit binds otherwise).
+            mismatch = self.deps.repo.bind(self.job, self._klarna_id)
+        if mismatch is None:
+            return True
+        self._mismatch(mismatch)
+        return False
+
+    def _edited_down(self, mismatch: Mismatch, state: KlarnaOrder) -> bool:
+        """Klarna authorized more than the order totals because the order was edited before any capture:
+        the plan updates the authorization down to the order instead (the Klarna id itself comes only
+        from sources a shopper cannot write, so this is the shop's own edit)."""
+        options = self.merchant.options if self.merchant else Options()
+        return (
+            mismatch.code is MismatchCode.AMOUNT
+            and options.update_authorization
+            and state.captured == 0
+            and state.currency.upper() == self._order.currency.upper()
+        )
+
+    def _mismatch(self, mismatch: Mismatch) -> None:
+        self._raise(
+            "match",
+            mismatch.code.value,
+            f"Klarna order {self._klarna_id} is not acted on: {mismatch.message}",
+            note_key=f"exception:{mismatch.code.value}:{self._klarna_id}",
+            what_to_do="Check which Klarna order pays this order; nothing was done in Klarna.",
+        )
+
+    def _settle_requests(self, steps: list[booking.ButtonStep]) -> None:
+        """Each performed request PERFORMED, each impossible or refused one FAILED with the reason."""
+        if steps and not self.pending.empty:
+            self._commit()  # the operations' outcomes first: a request is never ahead of the ledger
+        for step in steps:
+            state, reason = RequestState.PERFORMED, None
+            if step.refusal is not None:
+                state, reason = RequestState.FAILED, step.refusal
+            elif step.operation is not None:
+                planned = step.operation
+                op = next(
+                    (o for o in self.ops.values() if (o.kind, o.reference, o.amount) == (planned.kind, planned.reference, planned.amount)),
+                    None,
+                )  # fmt: skip
+                if op is None or op.state not in (OperationState.SUCCEEDED, OperationState.FAILED):
+                    continue  # not sent yet (an earlier one stopped the run): still RECORDED
+                if op.state is OperationState.FAILED:
+                    state, reason = RequestState.FAILED, op.error_message or op.error_code or "refused"
+                    self.outcome.again_in = min(self.outcome.again_in or BOOKS_RECHECK_SECONDS, BOOKS_RECHECK_SECONDS)
+            self.deps.repo.mark_request(self.job, step.request.id, state, reason)
+            self.requests = [
+                replace(r, state=state, reason=reason) if r.id == step.request.id else r for r in self.requests
+            ]
+
+    def _refresh(self, klarna: KlarnaPort) -> None:
+        """Klarna's order after the operations: the summary and the books are written from it (issue 9 item 5)."""
+        if not self.outcome.performed and not any(r.state is RequestState.PERFORMED for r in self.requests):
+            return  # Klarna's order is as read
+        try:
+            self.klarna_state, self.fresh = klarna.get_order(self._klarna_id), True
+        except KlarnaFailure:
+            self._books_later()  # the summary falls back to the ledger; the books wait for a fresh read
+
+    def _keep_books(self, merchant: MerchantSettings) -> None:
+        """Report on the app's transaction what Klarna now shows; a failure here never touches Klarna's part:
+        the run finishes and the books are tried again on their own (``again_in``)."""
+        source, state = self.source, self.klarna_state
+        if source is None or state is None or not source.books:
+            return
+        if not self.fresh and (self.outcome.performed or any(r.state is RequestState.PERFORMED for r in self.requests)):
+            return  # Klarna's order after the operations could not be read: the books wait for the next run
+        portal = portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
+        try:
+            # Every request, the reported ones too: a capture made for one stays booked under its pspReference.
+            result = keep_books(
+                self.saleor,
+                order_id=self._order.id,
+                source=source,
+                klarna=state,
+                portal_url=portal,
+                requests=self.requests,
+            )
+        except BooksUnavailable:
+            logger.info("Saleor's books not kept: HANDLE_PAYMENTS not granted", extra=self._log_extra())
+            return
+        except SaleorUnavailable:
+            logger.warning("Saleor's books not kept now; tried again later", extra=self._log_extra())
+            self._books_later()
+            return
+        reported = {r.id for r in self.requests if r.state is RequestState.REPORTED}
+        for request_id in set(result.settled) - reported:
+            self.deps.repo.mark_request(self.job, request_id, RequestState.REPORTED)
+        for conflict in result.conflicts:
+            self._raise(
+                f"books:{conflict.type.value}:{conflict.psp_reference}",
+                "BOOKS_CONFLICT",
+                f"Saleor holds {conflict.type.value} {conflict.psp_reference} with another amount "
+                f"({format_minor(conflict.booked, state.currency)}) than Klarna "
+                f"({format_minor(conflict.klarna, state.currency)}); Saleor's books were not changed",
+                note_key=f"books:conflict:{conflict.type.value}:{conflict.psp_reference}",
+            )
+        for report, outcome in result.refused:
+            if outcome.error_code == "PERMISSION_DENIED":
+                logger.info("Saleor's books not kept: the report was refused", extra=self._log_extra())
+                continue
+            self._raise(
+                f"books:{report.type.value}:{report.psp_reference}",
+                outcome.error_code or "BOOKS_REFUSED",
+                f"Saleor refused the {report.type.value} report of {format_minor(report.amount, state.currency)}: "
+                f"{outcome.message or outcome.error_code}",
+                note_key=f"books:refused:{report.type.value}:{report.psp_reference}",
+            )
+
+    def _books_later(self) -> None:
+        self.outcome.again_in = min(self.outcome.again_in or BOOKS_RECHECK_SECONDS, BOOKS_RECHECK_SECONDS)
 
     def _log_extra(self, **more: object) -> dict[str, object]:
         return {

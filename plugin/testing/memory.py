@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.ledger import (
     Changes,
     ClaimedJob,
@@ -36,8 +37,21 @@ from plugin.domain.model import (
     RecordedLine,
     ShopOrder,
 )
+from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, NoteState, OperationState
+from plugin.domain.transactions import (
+    ActionKind,
+    AppRef,
+    EventType,
+    Mismatch,
+    MismatchCode,
+    OrderBooks,
+    ReportOutcome,
+    SaleorTransaction,
+    TransactionEvent,
+)
 from plugin.services.ports import (
+    BooksUnavailable,
     KlarnaFailure,
     KlarnaPort,
     LeaseLost,
@@ -110,6 +124,8 @@ class InMemoryLedger:
     exceptions: dict[int, MemoryException] = field(default_factory=dict)
     commits: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    requests: dict[int, OpenRequest] = field(default_factory=dict)  # the dashboard's, by id
+    bindings: dict[str, str] = field(default_factory=dict)  # Klarna order id -> Saleor order id
 
     # -- what a webhook and a test do -----------------------------------------------------------
 
@@ -124,6 +140,24 @@ class InMemoryLedger:
         elif job.last_error is None:  # a scheduled check is brought forward; a backoff keeps its time
             job.run_after = min(job.run_after, self.clock + delay)
         job.requested_seq += 1
+
+    def record_request(
+        self,
+        order_id: str,
+        tx: SaleorTransaction,
+        action: ActionKind,
+        amount: int,
+        details: dict[str, object] | None = None,
+    ) -> OpenRequest:
+        """What the transaction-action webhook does: record the request (its pspReference) and enqueue."""
+        request_id = next(self._ids)
+        request = OpenRequest(
+            request_id, order_id, tx.id, tx.psp_reference, action, amount, tx.currency, f"psp-{request_id}",
+            details or {}, RequestState.RECORDED,
+        )  # fmt: skip
+        self.requests[request_id] = request
+        self.enqueue(order_id)
+        return request
 
     def expire_leases(self) -> None:
         """A worker died: its leases run out."""
@@ -167,6 +201,7 @@ class InMemoryLedger:
                 for e in self.exceptions.values()
                 if e.order_id == order and e.state in (ExceptionState.OPEN, ExceptionState.RETRIED)
             ),
+            requests=tuple(r for _, r in sorted(self.requests.items()) if r.order_id == order),
         )
 
     def commit(self, job: ClaimedJob, changes: Changes, *, lease_seconds: int) -> Committed:
@@ -175,7 +210,8 @@ class InMemoryLedger:
             raise LeaseLost(f"job {job.id}")
         self.commits += 1
         operation_id = None
-        if changes.new_operation is not None:
+        mismatch = self._bind(changes.bind, job.order_id) if changes.bind else None
+        if changes.new_operation is not None and mismatch is None:
             new = changes.new_operation
             operation_id = next(self._ids)
             self.operations[operation_id] = LedgerOperation(
@@ -220,7 +256,7 @@ class InMemoryLedger:
             if self.exceptions[exc_id].state in (ExceptionState.OPEN, ExceptionState.RETRIED):
                 self.exceptions[exc_id].state = ExceptionState.RESOLVED
         self._end(row, changes.job, lease_seconds)
-        return Committed(operation_id, tuple(queued))
+        return Committed(operation_id, tuple(queued), mismatch)
 
     def _queue(self, order_id: str, dedupe: str, message: str, *, skip: bool) -> QueuedNote | None:
         if any(n.order_id == order_id and n.dedupe == dedupe for n in self.notes.values()):
@@ -260,6 +296,20 @@ class InMemoryLedger:
                     op, state=OperationState.PENDING, generation=generation, idempotency_key=rekey(op, generation)
                 )
         self.enqueue(exc.order_id)
+
+    # -- the dashboard's requests and the Klarna binding ---------------------------------------
+
+    def mark_request(self, job: ClaimedJob, request_id: int, state: RequestState, reason: str | None = None) -> None:
+        self.requests[request_id] = replace(self.requests[request_id], state=state, reason=reason)
+
+    def bind(self, job: ClaimedJob, klarna_order_id: str) -> Mismatch | None:
+        return self._bind(klarna_order_id, job.order_id)
+
+    def _bind(self, klarna_order_id: str, order_id: str) -> Mismatch | None:
+        bound = self.bindings.setdefault(klarna_order_id, order_id)
+        if bound != order_id:
+            return Mismatch(MismatchCode.BOUND_ELSEWHERE, f"Klarna order {klarna_order_id} already belongs to {bound}")
+        return None
 
 
 # -- Klarna ---------------------------------------------------------------------------------------
@@ -419,6 +469,11 @@ class InMemorySaleor:
     notes: dict[str, list[str]] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     unavailable: int = 0  # the next calls that fail
+    # Saleor's books: without HANDLE_PAYMENTS (the default here, an older install) they are refused.
+    handle_payments: bool = False
+    app: AppRef = field(default_factory=lambda: AppRef("QXBwOjE=", "app.klarna-om.saleor", "Klarna OM"))
+    transactions: dict[str, list[SaleorTransaction]] = field(default_factory=dict)  # by order id
+    private_ids: dict[str, str | None] = field(default_factory=dict)  # else the order's klarna_order_id
 
     def _check(self) -> None:
         if self.unavailable > 0:
@@ -437,6 +492,65 @@ class InMemorySaleor:
     def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
         self._check()
         self.metadata.setdefault(object_id, {}).update(values)
+
+    # -- Saleor's books (amounts recomputed from the events, as Saleor does) --------------------
+
+    def _books_check(self) -> None:
+        self._check()
+        if not self.handle_payments:
+            raise BooksUnavailable("the app lacks HANDLE_PAYMENTS")
+
+    def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None:
+        self._books_check()
+        order = self.orders.get(order_id)
+        if order is None:
+            return None
+        return OrderBooks(
+            order_id=order.id, number=order.number, checkout_id=None, channel_slug=order.channel_slug,
+            currency=order.currency, total_gross=order.total_gross,
+            private_klarna_id=self.private_ids.get(order_id, order.klarna_order_id),
+            transactions=tuple(self.transactions.get(order_id, ())), payments=(),
+        )  # fmt: skip
+
+    def create_transaction(self, order_id: str, draft: TransactionDraft) -> SaleorTransaction:
+        self._books_check()
+        event = TransactionEvent(
+            str(uuid.uuid4()), EventType.AUTHORIZATION_SUCCESS, draft.psp_reference, draft.authorized, draft.message
+        )
+        tx = _recomputed(
+            SaleorTransaction(
+                str(uuid.uuid4()), draft.name, draft.psp_reference, self.app, draft.currency, events=(event,)
+            )
+        )
+        self.transactions.setdefault(order_id, []).append(tx)
+        return tx
+
+    def report_event(self, transaction_id: str, report: EventReport, currency: str) -> ReportOutcome:
+        self._books_check()
+        order_id, index = next(
+            (o, i) for o, txs in self.transactions.items() for i, t in enumerate(txs) if t.id == transaction_id
+        )
+        tx = self.transactions[order_id][index]
+        if not tx.owned_by(self.app):
+            return ReportOutcome(False, error_code="PERMISSION_DENIED")
+        same = [e for e in tx.events if (e.type, e.psp_reference) == (report.type, report.psp_reference)]
+        if same:
+            if same[0].amount != report.amount:
+                return ReportOutcome(False, error_code="INCORRECT_DETAILS", message="another amount")
+            return ReportOutcome(True, already_processed=True)
+        event = TransactionEvent(str(uuid.uuid4()), report.type, report.psp_reference, report.amount, report.message)
+        self.transactions[order_id][index] = _recomputed(replace(tx, events=(event, *tx.events)))
+        return ReportOutcome(True)
+
+
+def _recomputed(tx: SaleorTransaction) -> SaleorTransaction:
+    total: dict[EventType, int] = {}
+    for event in tx.events:
+        total[event.type] = total.get(event.type, 0) + event.amount
+    charged, refunded = total.get(EventType.CHARGE_SUCCESS, 0), total.get(EventType.REFUND_SUCCESS, 0)
+    canceled = total.get(EventType.CANCEL_SUCCESS, 0)
+    authorized = total.get(EventType.AUTHORIZATION_SUCCESS, 0) - charged - canceled
+    return replace(tx, authorized=max(authorized, 0), charged=charged - refunded, refunded=refunded, canceled=canceled)
 
 
 def _conforms(

@@ -25,7 +25,7 @@ from plugin.app import Services
 from plugin.db.models import Base, Installation, Job, Operation, ProcessException
 from plugin.klarna.client import KlarnaOrdersClient
 from plugin.testing.klarna import FakeKlarna, FakeKlarnaServer
-from plugin.testing.saleor import FakeSaleor
+from plugin.testing.saleor import OTHER_APP, FakeSaleor
 
 API = "/api/dashboard"
 ADMIN = ("MANAGE_ORDERS", "MANAGE_APPS")
@@ -258,6 +258,12 @@ def test_rotated_signing_key_is_fetched_once_and_kept(client: Any, services: Ser
 def _channel(client: Any, saleor: FakeSaleor, slug: str) -> dict[str, Any]:
     body = client.get(f"{API}/settings", headers=auth(saleor)).get_json()
     return next(c for c in body["channels"] if c["slug"] == slug)
+
+
+def test_settings_say_what_a_reinstall_with_handle_payments_brings(client: Any, saleor: FakeSaleor) -> None:
+    assert client.get(f"{API}/settings", headers=auth(saleor)).get_json()["handles_payments"] is False
+    saleor.app_permissions = ["HANDLE_PAYMENTS", "MANAGE_ORDERS"]  # the merchant accepted the new permission
+    assert client.get(f"{API}/settings", headers=auth(saleor)).get_json()["handles_payments"] is True
 
 
 def test_settings_round_trip_never_returns_the_password(client: Any, services: Services, saleor: FakeSaleor) -> None:
@@ -585,6 +591,40 @@ def test_order_view_of_an_order_that_is_not_klarnas(client: Any, saleor: FakeSal
     body = client.get(f"{API}/orders/{order_id}", headers=auth(saleor)).get_json()
 
     assert (body["klarna_order_id"], body["klarna"], body["operations"]) == (None, None, [])
+
+
+def test_order_view_says_whose_books_the_payment_is_in(client: Any, saleor: FakeSaleor) -> None:
+    own = saleor.create_order(lines=[{"name": "Item", "quantity": 1, "unit_gross": "5.00"}], klarna_order_id="k-own")
+    foreign = saleor.create_order(lines=[{"name": "Item", "quantity": 1, "unit_gross": "5.00"}], klarna_via="none")
+    saleor.add_transaction(foreign, owner=OTHER_APP, psp_reference="k-foreign", authorized="5.00")
+
+    own_view = client.get(f"{API}/orders/{own}", headers=auth(saleor)).get_json()
+    foreign_view = client.get(f"{API}/orders/{foreign}", headers=auth(saleor)).get_json()
+
+    assert (own_view["books"]["kind"], own_view["books"]["booked_here"], own_view["klarna_order_id"]) == (
+        "own", True, "k-own",
+    )  # fmt: skip
+    assert foreign_view["books"]["kind"] == "foreign" and foreign_view["books"]["kept_by"] == "Klarna payments"
+    assert foreign_view["klarna_order_id"] is None  # never acted on, so never shown as this app's
+
+
+def test_order_view_warns_when_a_fulfilled_order_has_nothing_captured(
+    client: Any, saleor: FakeSaleor, klarna: FakeKlarnaServer
+) -> None:
+    klarna_id = klarna.fake.create_order(order_amount=500, currency="USD")
+    order_id = saleor.create_order(
+        lines=[{"name": "Item", "quantity": 1, "unit_gross": "5.00"}], klarna_order_id=klarna_id
+    )
+    client.put(f"{API}/settings/*", headers=auth(saleor), json=CREDENTIALS)
+    [line] = saleor.order(order_id)["lines"]
+    saleor.auto_deliver = False  # the worker does not run here: nothing is captured
+    saleor.fulfill(order_id, {line["id"]: 1})
+
+    body = client.get(f"{API}/orders/{order_id}", headers=auth(saleor)).get_json()
+
+    assert (body["order"]["status"], body["klarna"]["captured"]["amount"], body["fulfilled_uncaptured"]) == (
+        "FULFILLED", 0, True,
+    )  # fmt: skip
 
 
 # -- the pages ----------------------------------------------------------------------------------

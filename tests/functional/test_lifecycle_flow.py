@@ -296,6 +296,7 @@ def test_reconcile_checks_every_open_order_now_with_a_progress_bar(life: Shop, t
         "KLARNA_APP_INSTANCE_PATH": str(tmp_path / "cli-instance"),
         "KLARNA_APP_LOG_LEVEL": "ERROR",
         "KLARNA_BASE_URL": life.klarna_server.base_url,
+        "KLARNA_APP_SALEOR_ALLOW_LOOPBACK": "1",  # the fake Saleor listens on 127.0.0.1
     }
     # when the admin runs `klarna-om reconcile --run`
     result = CliRunner().invoke(main, ["reconcile", "--run"], env=env)

@@ -100,7 +100,8 @@ def open_requests(
     conn: Session | Connection, saleor_api_url: str, order_id: str, *, reported: bool = False
 ) -> list[OpenRequest]:
     """The order's requests still to perform or to report (with ``reported``, all), oldest first."""
-    query = select(PaymentRequest).where(
+    # The table's columns, not the ORM entity: rows read the same on a Session and a Connection.
+    query = select(*PaymentRequest.__table__.columns).where(
         PaymentRequest.saleor_api_url == saleor_api_url, PaymentRequest.order_id == order_id
     )
     if not reported:
@@ -120,7 +121,7 @@ def open_requests(
             RequestState(r.state),
             r.reason,
         )
-        for r in (row[0] for row in rows)
+        for r in rows
     ]
 
 

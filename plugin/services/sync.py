@@ -40,7 +40,7 @@ from plugin.domain.ledger import (
     QueuedNote,
     RetryLater,
 )
-from plugin.domain.lifecycle import plan_life
+from plugin.domain.lifecycle import EDITABLE_STATUSES, plan_life
 from plugin.domain.model import (
     Action,
     Blocked,
@@ -690,13 +690,14 @@ class _Run:
         return False
 
     def _edited_down(self, mismatch: Mismatch, state: KlarnaOrder) -> bool:
-        """Klarna authorized more than the order totals because the order was edited before any capture:
-        the plan updates the authorization down to the order instead (the Klarna id itself comes only
-        from sources a shopper cannot write, so this is the shop's own edit)."""
+        """Klarna authorized more than the order totals because the order was edited before any capture
+        (Saleor edits lines only in DRAFT and UNCONFIRMED): the plan updates the authorization down to the
+        order instead. Any other order that explains less than Klarna holds stays a mismatch (issue 11)."""
         options = self.merchant.options if self.merchant else Options()
         return (
             mismatch.code is MismatchCode.AMOUNT
             and options.update_authorization
+            and self._order.status in EDITABLE_STATUSES
             and state.captured == 0
             and state.currency.upper() == self._order.currency.upper()
         )

@@ -245,3 +245,39 @@ def test_an_install_without_handle_payments_works_as_before(shop: Shop) -> None:
     shop.saleor.fulfill(meta, {line: 2})
     shop.sync()
     assert shop.kstate(kid2)["captured_amount"] == 4000 and shop.saleor.order(meta)["transactions"] == []
+
+
+def test_portal_capture_and_refund_are_booked_on_the_apps_own_transaction_once(shop: Shop) -> None:
+    install(shop)
+    order_id, kid = shop.order()
+    assert tx(shop, order_id)["createdBy"]["id"] == shop.saleor.app_id  # the app owns the Klarna transaction
+    shop.sync()
+    # The merchant captures the shoe's 90.00 in Klarna's portal, outside the app; any order event wakes the sync.
+    capture_id = shop.klarna.portal_capture(kid, 9000)
+    _touch(shop, order_id)
+    shop.sync()
+    assert amounts(shop, order_id) == (40.0, 90.0, 0.0)
+    [charge] = [e for e in tx(shop, order_id)["events"] if e["type"] == "CHARGE_SUCCESS"]
+    assert (charge["pspReference"], charge["amount"]["amount"]) == (capture_id, 90.0)
+    captured = "seen in Klarna: captured 90.00 USD outside this app"
+    assert len([n for n in shop.saleor.notes(order_id) if captured in n]) == 1
+    # A second sync adds no event, no note and no Klarna operation.
+    events, notes, counts = tx(shop, order_id)["events"], shop.saleor.notes(order_id), shop.klarna.counts()
+    _touch(shop, order_id)
+    shop.sync()
+    assert tx(shop, order_id)["events"] == events
+    assert shop.saleor.notes(order_id) == notes and shop.klarna.counts() == counts
+    # A portal refund of 20.00 likewise: booked as REFUND_SUCCESS under the refund's id, noted once.
+    refund_id = shop.klarna.portal_refund(kid, 2000)
+    counts = shop.klarna.counts()  # the fake counts the portal's operations too
+    for _ in range(2):
+        _touch(shop, order_id)
+        shop.sync()
+    assert amounts(shop, order_id) == (40.0, 70.0, 20.0)
+    [refund] = [e for e in tx(shop, order_id)["events"] if e["type"] == "REFUND_SUCCESS"]
+    assert (refund["pspReference"], refund["amount"]["amount"]) == (refund_id, 20.0)
+    refunded = "seen in Klarna: refunded 20.00 USD outside this app"
+    assert len([n for n in shop.saleor.notes(order_id) if refunded in n]) == 1
+    assert len([n for n in shop.saleor.notes(order_id) if captured in n]) == 1
+    assert len([e for e in tx(shop, order_id)["events"] if e["type"] == "CHARGE_SUCCESS"]) == 1
+    assert shop.klarna.counts() == counts  # no operation by the app

@@ -690,14 +690,18 @@ class _Run:
         return False
 
     def _edited_down(self, mismatch: Mismatch, state: KlarnaOrder) -> bool:
-        """Klarna authorized more than the order totals because the order was edited before any capture
-        (Saleor edits lines only in DRAFT and UNCONFIRMED): the plan updates the authorization down to the
-        order instead. Any other order that explains less than Klarna holds stays a mismatch (issue 11)."""
+        """Klarna authorized more than the order totals, and an edit before any capture explains it.
+
+        Saleor edits lines only in DRAFT and UNCONFIRMED: there the plan updates the authorization
+        down to the order. A merchant who does not update authorizations keeps Klarna above an edited
+        order, and the leftover is released once nothing is left to ship. Any other order that explains
+        less than Klarna holds stays a mismatch (issue 11).
+        """
         options = self.merchant.options if self.merchant else Options()
+        editable = self._order.status in EDITABLE_STATUSES
         return (
             mismatch.code is MismatchCode.AMOUNT
-            and options.update_authorization
-            and self._order.status in EDITABLE_STATUSES
+            and (editable or not options.update_authorization)
             and state.captured == 0
             and state.currency.upper() == self._order.currency.upper()
         )

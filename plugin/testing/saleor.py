@@ -700,8 +700,10 @@ class FakeSaleor:
         number: int | str | None = None,
         total_gross: str | None = None,
         user_email: str = "customer@example.com",
+        status: str = "UNFULFILLED",
     ) -> str:
-        """A completed order (draftOrderComplete): UNFULFILLED; ORDER_CREATED and ORDER_CONFIRMED."""
+        """A completed order (draftOrderComplete): UNFULFILLED; ORDER_CREATED and ORDER_CONFIRMED.
+        ``status="UNCONFIRMED"``: a channel that does not confirm orders automatically (lines editable)."""
         if klarna_via not in ("transaction", "metadata", "payment", "none"):
             raise ValueError(f"klarna_via {klarna_via!r}")
         with self._lock:
@@ -729,7 +731,7 @@ class FakeSaleor:
             order: dict[str, Any] = {
                 "id": gid("Order", uuid.uuid4()),
                 "number": str(number if number is not None else self._next("Order")),
-                "status": "UNFULFILLED",
+                "status": status,
                 "created": created,
                 "updated_at": created,
                 "user_email": user_email,
@@ -790,9 +792,9 @@ class FakeSaleor:
                     }
                 )
             self._orders[order["id"]] = order
-            deliveries = self._emit(order, "ORDER_CREATED", STAFF_USER) + self._emit(
-                order, "ORDER_CONFIRMED", STAFF_USER
-            )
+            deliveries = self._emit(order, "ORDER_CREATED", STAFF_USER)
+            if status != "UNCONFIRMED":  # confirmed later by orderConfirm
+                deliveries += self._emit(order, "ORDER_CONFIRMED", STAFF_USER)
         self._dispatch(deliveries)
         return str(order["id"])
 
@@ -930,6 +932,19 @@ class FakeSaleor:
                 order, "FULFILLMENT_CANCELED", STAFF_USER, fulfillment=self._fulfillment_view(order, fulfillment)
             )
             deliveries += self._emit(order, "ORDER_UPDATED", STAFF_USER)
+        self._dispatch(deliveries)
+
+    def confirm_order(self, order_id: str) -> None:
+        """orderConfirm: an UNCONFIRMED order becomes UNFULFILLED (its lines no longer editable)."""
+        with self._lock:
+            order = self._get(order_id)
+            if order["status"] != "UNCONFIRMED":
+                raise ValueError("Provided order id belongs to an order that is not unconfirmed.")
+            order["status"] = "UNFULFILLED"
+            order["updated_at"] = now_iso()
+            deliveries = self._emit(order, "ORDER_CONFIRMED", STAFF_USER) + self._emit(
+                order, "ORDER_UPDATED", STAFF_USER
+            )
         self._dispatch(deliveries)
 
     def cancel_order(self, order_id: str) -> None:

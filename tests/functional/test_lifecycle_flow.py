@@ -204,14 +204,16 @@ def test_leftover_authorization_is_released_when_nothing_is_left_to_ship(life: S
 
 
 def test_an_edit_before_capture_lowers_the_authorization(life: Shop) -> None:
-    # given Klarna authorized 150.00 and the shop's order is now worth 130.00 (edited before capture)
+    # given Klarna authorized 150.00 and the shop's unconfirmed order is now worth 130.00 (edited
+    # before capture: Saleor edits lines only in DRAFT and UNCONFIRMED)
     life.install()
     kid = life.klarna.create_order(order_amount=15000)
-    order_id = life.saleor.create_order(lines=[dict(TEE), dict(SHOE)], klarna_order_id=kid)
+    order_id = life.saleor.create_order(lines=[dict(TEE), dict(SHOE)], klarna_order_id=kid, status="UNCONFIRMED")
     life.sync()
     # then Klarna's authorization follows the order, with a note; shipping captures within it
     assert life.kstate(kid)["order_amount"] == 13000 and life.performed("authorization_updates") == 1
     assert len(with_text(life, order_id, "authorization changed to 130.00 USD")) == 1
+    life.saleor.confirm_order(order_id)
     tee, shoe = life.line_ids(order_id)
     life.saleor.fulfill(order_id, {tee: 2, shoe: 1})
     life.sync()

@@ -251,14 +251,12 @@ class _Run:
         now = self.deps.now()
         buttons = [step.operation for step in steps if step.operation is not None]
         # What the buttons are about to do is the app's own, not activity seen in Klarna.
+        ledger = lifecycle.app_history(self.ops.values())
         history = replace(
-            lifecycle.app_history(self.ops.values()),
+            ledger,
             references=booking.prepaid_references(self.requests),
-        )
-        history = replace(
-            history,
-            cancelled=history.cancelled or any(op.kind is OperationKind.CANCEL for op in buttons),
-            released=history.released or any(op.kind is OperationKind.RELEASE for op in buttons),
+            cancelled=ledger.cancelled or any(op.kind is OperationKind.CANCEL for op in buttons),
+            released=ledger.released or any(op.kind is OperationKind.RELEASE for op in buttons),
         )
         life = plan_life(
             order, seen, merchant.mapping, merchant.options, history, now=now,

@@ -21,6 +21,7 @@ from plugin.db.models import Job
 from plugin.domain.money import format_minor
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
+from plugin.testing.catalog import SHOE, TEE
 from plugin.worker import Worker
 
 
@@ -79,24 +80,8 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
                 f"refunded {format_minor(k['refunded_amount'], cur)}, remaining {format_minor(k['remaining_authorized_amount'], cur)}\n"
             )
 
-        tee = {
-            "name": "Monospace Tee",
-            "sku": "328223583",
-            "quantity": 2,
-            "unit_gross": "20.00",
-            "unit_net": "20.00",
-            "tax_rate": "0.00",
-        }
-        shoe = {
-            "name": "Dash Force",
-            "sku": "618223584",
-            "quantity": 1,
-            "unit_gross": "90.00",
-            "unit_net": "90.00",
-            "tax_rate": "0.00",
-        }
         kid_a = klarna.create_order(order_amount=13000, currency="USD")
-        order_a = saleor.create_order(lines=[dict(tee), dict(shoe)], klarna_order_id=kid_a, number=21)
+        order_a = saleor.create_order(lines=[dict(TEE), dict(SHOE)], klarna_order_id=kid_a, number=21)
         tee_a, shoe_a = (line["id"] for line in saleor.order(order_a)["lines"])
         settle("Order #21 placed: 2x Monospace Tee + 1x Dash Force, 130.00 USD authorized", order_a, kid_a)
         first = saleor.fulfill(order_a, {tee_a: 1, shoe_a: 1}, tracking_number="1Z999AA10123456784")
@@ -108,7 +93,7 @@ def run(echo: Callable[[str], None] = click.echo) -> None:
 
         kid_b = klarna.create_order(order_amount=11000, currency="USD")
         order_b = saleor.create_order(
-            lines=[dict(tee), dict(shoe)], klarna_order_id=kid_b, number=22, total_gross="110.00", shipping_gross="0.00"
+            lines=[dict(TEE), dict(SHOE)], klarna_order_id=kid_b, number=22, total_gross="110.00", shipping_gross="0.00"
         )
         _tee_b, shoe_b = (line["id"] for line in saleor.order(order_b)["lines"])
         saleor.fulfill(order_b, {shoe_b: 1}, tracking_number="1Z999AA10123456800")

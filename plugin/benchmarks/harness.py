@@ -44,6 +44,7 @@ from plugin.db import Database
 from plugin.db.models import Delivery, Job, Note, Operation, ProcessException
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
+from plugin.testing.catalog import SHOE, TEE
 
 # The folder that holds the ``plugin`` package: a source checkout, or site-packages of an install.
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
@@ -51,22 +52,6 @@ GUNICORN_CONFIG = "python:plugin.gunicorn_conf"
 SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 POSTGRES_ADMIN = os.environ.get("KLARNA_OM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOTES_MARKER = "<!-- Notes below this line are kept when the bench rewrites this file. -->"
-TEE = {
-    "name": "Monospace Tee",
-    "sku": "328223583",
-    "quantity": 2,
-    "unit_gross": "20.00",
-    "unit_net": "20.00",
-    "tax_rate": "0.00",
-}
-SHOE = {
-    "name": "Dash Force",
-    "sku": "618223584",
-    "quantity": 1,
-    "unit_gross": "90.00",
-    "unit_net": "90.00",
-    "tax_rate": "0.00",
-}
 ORDER_MINOR = 13000  # 2 x 20.00 + 90.00 USD
 
 # Targets (printed next to the measurements, never asserted).

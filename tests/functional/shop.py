@@ -16,26 +16,10 @@ from plugin.db.models import Job, Operation, ProcessException, utcnow
 from plugin.domain.money import to_minor
 from plugin.services.merchant import MerchantSettings
 from plugin.settings import Settings
+from plugin.testing.catalog import SHOE, TEE
 from plugin.testing.klarna import FakeClock, FakeKlarna, FakeKlarnaServer
 from plugin.testing.saleor import FakeSaleor, wsgi_transport
 from plugin.worker import Worker
-
-TEE = {
-    "name": "Monospace Tee",
-    "sku": "328223583",
-    "quantity": 2,
-    "unit_gross": "20.00",
-    "unit_net": "20.00",
-    "tax_rate": "0.00",
-}
-SHOE = {
-    "name": "Dash Force",
-    "sku": "618223584",
-    "quantity": 1,
-    "unit_gross": "90.00",
-    "unit_net": "90.00",
-    "tax_rate": "0.00",
-}
 
 
 class Shop:

@@ -14,7 +14,7 @@ A report whose (type, pspReference) already exists with another amount would be 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -121,8 +121,12 @@ def missing_reports(
     *,
     portal_url: str = "",
     request_psp: Mapping[str, str] | None = None,
+    cancel_requests: Sequence[str] = (),
 ) -> BooksPlan:
-    """The reports that make ``transaction`` show what ``klarna`` shows. Pure, level-triggered."""
+    """The reports that make ``transaction`` show what ``klarna`` shows. Pure, level-triggered.
+
+    ``cancel_requests``: the pspReferences of the dashboard's cancel requests Klarna's state answers.
+    """
     psp_for = request_psp or {}
     booked: dict[tuple[EventType, str], int] = {}
     for event in transaction.events:
@@ -156,16 +160,25 @@ def missing_reports(
     gone, why = released_amount(klarna)
     cancel_psp = psp_for.get(klarna.id, klarna.id)
     already_cancelled = sum(a for (t, _), a in booked.items() if t == EventType.CANCEL_SUCCESS)
-    if gone > 0 and (already_cancelled == 0 or (EventType.CANCEL_SUCCESS, cancel_psp) in booked):
+    full = gone > 0 and (already_cancelled == 0 or (EventType.CANCEL_SUCCESS, cancel_psp) in booked)
+    if full:
         wanted.append(
             EventReport(
                 EventType.CANCEL_SUCCESS, cancel_psp, gone, f"{why}: {format_minor(gone, cur)}", portal_url, actions
             )
         )
+    if gone > 0:
+        # Klarna's one cancel is booked once; every other cancel request is answered as done, with
+        # nothing more cancelled (0 clears its pending amount in Saleor without counting twice).
+        wanted.extend(
+            EventReport(EventType.CANCEL_SUCCESS, psp, 0, f"{why} already; nothing more to cancel", portal_url, actions)
+            for psp in cancel_requests
+            if not (full and psp == cancel_psp)
+        )
     reports: list[EventReport] = []
     conflicts: list[Conflict] = []
     for report in wanted:
-        if report.amount <= 0:
+        if report.amount <= 0 and report.type is not EventType.CANCEL_SUCCESS:
             continue
         existing = booked.get((report.type, report.psp_reference))
         if existing is None:

@@ -394,6 +394,8 @@ def refuse_reason(request: ActionRequest, me: AppRef) -> str | None:
     }
     limit, what = limits[request.action]
     if request.action is ActionKind.CANCEL and limit <= 0:
+        if tx.canceled > 0 or tx.cancel_pending > 0:
+            return None  # cancelled already (or on its way): recorded, and answered as done once Klarna shows it
         return "nothing remains authorized to cancel"
     if request.amount > limit:
         return f"{request.amount} exceeds {what} ({limit}, minor units)"

@@ -190,21 +190,20 @@ def shown(state: KlarnaOrder, op: PlannedOperation) -> KlarnaOrder:
 
 
 def button_steps(
-    requests: Iterable[OpenRequest], order: ShopOrder, state: KlarnaOrder, *, cancel_booked: bool = False
+    requests: Iterable[OpenRequest], order: ShopOrder, state: KlarnaOrder
 ) -> tuple[list[ButtonStep], KlarnaOrder]:
     """The recorded requests in the order they came, each judged against Klarna as the ones before leave it.
 
-    ``cancel_booked``: Saleor's transaction already shows the cancel (from the order's status).
+    A cancel request after one this run is about to send waits (no step: it stays RECORDED) until
+    Klarna shows how that one ended; once Klarna shows the authorization gone, a cancel request is
+    done, whoever cancelled (the order's status, an earlier request, the portal).
     """
     steps: list[ButtonStep] = []
-    cancel_taken = cancel_booked  # Klarna's one cancel (or release) answers one cancel request only
+    cancelling = False
     for request in requests:
-        if request.action is ActionKind.CANCEL and request.state is not RequestState.RECORDED:
-            cancel_taken = cancel_taken or request.state is not RequestState.FAILED
         if request.state is not RequestState.RECORDED:
             continue
-        if request.action is ActionKind.CANCEL and cancel_taken:
-            steps.append(ButtonStep(request, refusal="the authorization is already cancelled for an earlier request"))
+        if request.action is ActionKind.CANCEL and cancelling:
             continue
         if request.klarna_order_id != state.id:
             steps.append(ButtonStep(request, refusal=f"the transaction names Klarna order {request.klarna_order_id}"))
@@ -212,7 +211,7 @@ def button_steps(
         step = _STEPS[request.action](request, order, state)
         if step.operation is not None:
             state = shown(state, step.operation)
-        cancel_taken = cancel_taken or (request.action is ActionKind.CANCEL and step.refusal is None)
+            cancelling = cancelling or step.operation.kind in (OperationKind.CANCEL, OperationKind.RELEASE)
         steps.append(step)
     return steps, state
 

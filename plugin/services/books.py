@@ -23,7 +23,14 @@ from plugin.domain.books import (
 )
 from plugin.domain.model import KlarnaOrder
 from plugin.domain.requests import OpenRequest, RequestState
-from plugin.domain.transactions import OrderBooks, PaymentSource, ReportOutcome, SaleorTransaction, SourceKind
+from plugin.domain.transactions import (
+    ActionKind,
+    OrderBooks,
+    PaymentSource,
+    ReportOutcome,
+    SaleorTransaction,
+    SourceKind,
+)
 
 
 class SaleorBooks(Protocol):
@@ -69,8 +76,10 @@ def keep_books(
         tx = saleor.create_transaction(order_id, transaction_draft(klarna, portal_url))
         created = True
     mine = [r for r in requests if r.transaction_id == tx.id]
-    mapping = request_psp_map(klarna, [(r.action, r.psp_reference) for r in mine if r.state is not RequestState.FAILED])
-    plan = missing_reports(klarna, tx, portal_url=portal_url, request_psp=mapping)
+    answered = [r for r in mine if r.state is not RequestState.FAILED]
+    mapping = request_psp_map(klarna, [(r.action, r.psp_reference) for r in answered])
+    cancels = [r.psp_reference for r in answered if r.action is ActionKind.CANCEL]
+    plan = missing_reports(klarna, tx, portal_url=portal_url, request_psp=mapping, cancel_requests=cancels)
     closed = {e.psp_reference for e in tx.events if e.type.endswith(("_SUCCESS", "_FAILURE"))}
     failures = [
         failure_report(r.action, r.psp_reference, r.amount, r.currency, r.reason or "refused", portal_url)

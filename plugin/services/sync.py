@@ -54,7 +54,6 @@ from plugin.domain.money import format_minor
 from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
 from plugin.domain.transactions import (
-    EventType,
     Mismatch,
     MismatchCode,
     OrderBooks,
@@ -244,10 +243,8 @@ class _Run:
         self.klarna_state = state
         if not self._matches(state):
             return
-        tx = self.source.transaction if self.source else None
-        cancel_booked = tx is not None and any(e.type is EventType.CANCEL_SUCCESS for e in tx.events)
         # The dashboard's requests first; the plan sees Klarna with them done (issue 9 item 4).
-        steps, seen = booking.button_steps(self.requests, order, state, cancel_booked=cancel_booked)
+        steps, seen = booking.button_steps(self.requests, order, state)
         now = self.deps.now()
         buttons = [step.operation for step in steps if step.operation is not None]
         # What the buttons are about to do is the app's own, not activity seen in Klarna.
@@ -662,13 +659,6 @@ class _Run:
 
     # -- Saleor's books and the dashboard's requests (plugin/services/booking.py) -------------------
 
-    def _books_due(self) -> bool:
-        """Work for the books without a status action: requests to perform or report, a transaction to create."""
-        source = self.source
-        if source is None or not source.books:
-            return False
-        return source.kind is SourceKind.CREATE or any(r.state is not RequestState.REPORTED for r in self.requests)
-
     def _matches(self, state: KlarnaOrder) -> bool:
         """Before the first operation: one Klarna order for one Saleor order, and it fits the order (issue 11)."""
         if any(op.state is OperationState.SUCCEEDED for op in self.ops.values()):
@@ -736,6 +726,8 @@ class _Run:
             self.requests = [
                 replace(r, state=state, reason=reason) if r.id == step.request.id else r for r in self.requests
             ]
+        if any(r.state is RequestState.RECORDED for r in self.requests):
+            self._books_later()  # a request waits for one before it (or a stopped run): judged again soon
 
     def _refresh(self, klarna: KlarnaPort) -> None:
         """Klarna's order after the operations: the summary and the books are written from it (issue 9 item 5)."""

@@ -183,6 +183,24 @@ def test_the_cancel_button_voids_the_authorization(shop: Shop) -> None:
     assert cancel["pspReference"] == psp and amounts(shop, order_id)[0] == 0.0
 
 
+def test_the_cancel_button_after_the_order_was_cancelled_is_answered_as_done(shop: Shop) -> None:
+    install(shop)
+    order_id, kid = shop.order()
+    shop.saleor.cancel_order(order_id)
+    shop.sync()  # the order's status cancels the authorization, booked under the Klarna order id
+    assert shop.kstate(kid)["status"] == "CANCELLED" and amounts(shop, order_id)[0] == 0.0
+    # Pressed afterwards (Saleor asks for what remains authorized: 0): recorded, then answered as done.
+    psp = psp_of(shop.saleor.request_action(tx(shop, order_id)["id"], "CANCEL"))
+    shop.sync()
+    t = tx(shop, order_id)
+    done = [e for e in t["events"] if e["pspReference"] == psp and e["type"] != "CANCEL_REQUEST"]
+    assert [(e["type"], e["amount"]["amount"]) for e in done] == [("CANCEL_SUCCESS", 0.0)]
+    assert (t["canceledAmount"]["amount"], t["cancelPendingAmount"]["amount"]) == (130.0, 0.0)
+    assert shop.performed("cancels") == 1 and shop.exceptions() == []
+    shop.sync()
+    assert tx(shop, order_id)["events"] == t["events"]
+
+
 def test_a_charge_beyond_what_klarna_holds_is_a_failure_not_an_operation(shop: Shop) -> None:
     install(shop)
     order_id, kid = shop.order()

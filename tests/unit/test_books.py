@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugin.domain.books import (
+    BooksPlan,
     EventReport,
     failure_report,
     merchant_id_of,
@@ -258,6 +259,26 @@ def test_cancel_booked_under_another_psp_is_not_repeated():
     assert missing_reports(order, tx(canceled=13000, events=(done,))).reports == ()
 
 
+def test_a_cancel_request_after_the_cancel_is_booked_is_answered_as_done_without_counting_twice():
+    order = klarna(status="CANCELLED", remaining=0)
+    # The order's status cancelled it (booked under the Klarna order id); the button came after.
+    done = TransactionEvent("e1", EventType.CANCEL_SUCCESS, "k-1", 13000)
+    [report] = missing_reports(order, tx(canceled=13000, events=(done,)), cancel_requests=["req-1"]).reports
+    assert (report.type, report.psp_reference, report.amount) == (EventType.CANCEL_SUCCESS, "req-1", 0)
+    assert "already" in report.message
+    # Two cancel requests before anything was booked: the first takes Klarna's cancel, the second is done.
+    mapping = request_psp_map(order, [(ActionKind.CANCEL, "req-1"), (ActionKind.CANCEL, "req-2")])
+    plan = missing_reports(order, tx(), request_psp=mapping, cancel_requests=["req-1", "req-2"])
+    assert [(r.psp_reference, r.amount) for r in plan.reports] == [("req-1", 13000), ("req-2", 0)]
+    # Level-triggered: once booked, nothing more.
+    booked = tuple(TransactionEvent(f"e{i}", r.type, r.psp_reference, r.amount) for i, r in enumerate(plan.reports))
+    assert missing_reports(order, tx(events=booked), request_psp=mapping, cancel_requests=["req-1", "req-2"]) == (
+        BooksPlan()
+    )
+    # Nothing released in Klarna yet: no answer for the request.
+    assert missing_reports(klarna(), tx(), cancel_requests=["req-1"]).reports == ()
+
+
 def test_failure_report_and_portal_link():
     report = failure_report(ActionKind.CHARGE, "req-1", 500, "USD", "CAPTURE_NOT_ALLOWED")
     assert report.type is EventType.CHARGE_FAILURE and "5.00 USD" in report.message
@@ -285,6 +306,9 @@ def test_refuse_reason_table():
     assert "exceeds what was captured" in (refuse_reason(request(ActionKind.REFUND, 100, charged=50), ME) or "")
     assert refuse_reason(request(ActionKind.REFUND, 50, charged=50), ME) is None
     assert "nothing remains" in (refuse_reason(request(ActionKind.CANCEL, 0, charged=50), ME) or "")
+    # Cancelled already (the order's status, or a request on its way): recorded, the worker answers it as done.
+    assert refuse_reason(request(ActionKind.CANCEL, 0, canceled=13000), ME) is None
+    assert refuse_reason(request(ActionKind.CANCEL, 0, cancel_pending=13000), ME) is None
     assert refuse_reason(request(ActionKind.CANCEL, 8000, authorized=8000), ME) is None
     assert "not kept by this app" in (refuse_reason(request(ActionKind.CHARGE, 1, authorized=5), OTHER) or "")
     by_app = request(ActionKind.REFUND, 10, charged=50)

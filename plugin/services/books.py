@@ -9,7 +9,7 @@ Klarna, so it can never repeat or undo a Klarna operation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from plugin.domain.books import (
@@ -80,20 +80,52 @@ def keep_books(
     mapping = request_psp_map(klarna, [(r.action, r.psp_reference) for r in answered])
     cancels = [r.psp_reference for r in answered if r.action is ActionKind.CANCEL]
     plan = missing_reports(klarna, tx, portal_url=portal_url, request_psp=mapping, cancel_requests=cancels)
-    closed = {e.psp_reference for e in tx.events if e.type.endswith(("_SUCCESS", "_FAILURE"))}
-    failures = [
+    result = _report(saleor, tx, (*plan.reports, *_failures(tx, mine, portal_url)), mine, klarna.currency)
+    return replace(result, created=created, conflicts=plan.conflicts)
+
+
+def report_failures(
+    saleor: SaleorBooks, transaction: SaleorTransaction, requests: Sequence[OpenRequest], portal_url: str = ""
+) -> BooksResult:
+    """Close the requests that failed (state FAILED) with their *_FAILURE, once; nothing else.
+
+    For a run that must not book Klarna's state (the Klarna order is not this order's, Klarna cannot
+    be read, no credentials): the dashboard's requests still get their answer.
+    """
+    mine = [r for r in requests if r.transaction_id == transaction.id]
+    currency = mine[0].currency if mine else transaction.currency
+    return _report(saleor, transaction, _failures(transaction, mine, portal_url), mine, currency)
+
+
+def _closed(transaction: SaleorTransaction) -> set[str]:
+    return {e.psp_reference for e in transaction.events if e.type.endswith(("_SUCCESS", "_FAILURE"))}
+
+
+def _failures(transaction: SaleorTransaction, mine: Sequence[OpenRequest], portal_url: str) -> list[EventReport]:
+    closed = _closed(transaction)
+    return [
         failure_report(r.action, r.psp_reference, r.amount, r.currency, r.reason or "refused", portal_url)
         for r in mine
         if r.state is RequestState.FAILED and r.psp_reference not in closed
     ]
+
+
+def _report(
+    saleor: SaleorBooks,
+    transaction: SaleorTransaction,
+    reports: Sequence[EventReport],
+    mine: Sequence[OpenRequest],
+    currency: str,
+) -> BooksResult:
+    closed = _closed(transaction)
     reported: list[EventReport] = []
     refused: list[tuple[EventReport, ReportOutcome]] = []
-    for report in (*plan.reports, *failures):
-        outcome = saleor.report_event(tx.id, report, klarna.currency)
+    for report in reports:
+        outcome = saleor.report_event(transaction.id, report, currency)
         if outcome.ok:
             reported.append(report)
             closed.add(report.psp_reference)
         else:
             refused.append((report, outcome))
     settled = tuple(r.id for r in mine if r.psp_reference in closed)
-    return BooksResult(tx, created, tuple(reported), plan.conflicts, tuple(refused), settled)
+    return BooksResult(transaction, reported=tuple(reported), refused=tuple(refused), settled=settled)

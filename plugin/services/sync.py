@@ -62,7 +62,7 @@ from plugin.domain.transactions import (
     check_match,
 )
 from plugin.services import booking, lifecycle
-from plugin.services.books import keep_books
+from plugin.services.books import BooksResult, keep_books, report_failures
 from plugin.services.kinds import KINDS, fulfillment_name
 from plugin.services.ports import (
     BooksUnavailable,
@@ -186,6 +186,7 @@ class _Run:
         self.books: OrderBooks | None = None
         self.requests: list[OpenRequest] = []
         self.fresh = False  # klarna_state was read after the operations
+        self.mismatched = False  # the Klarna order is not this order's: its state is never booked here
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -210,20 +211,23 @@ class _Run:
             self._commit(job=Finish())
             return
         self.source = source
+        if source.books:
+            self.requests = list(self.snapshot.requests)
         # The Klarna id comes only from the source: never from a transaction of an app not allowed.
         order = replace(order, klarna_order_id=source.klarna_order_id)
         self.order = order
         self.merchant = channels.get(order.channel_slug, any_channel)
         if self.merchant is None or not self.merchant.has_credentials:
             mapping = self.merchant or MerchantSettings(channel=ANY_CHANNEL)
+            message = (
+                f"Klarna is not configured for channel {order.channel_slug}: "
+                "set the API credentials in the app's settings"
+            )
             if mapping.action_for(order.status) is not Action.NONE:
                 self._raise(
-                    "config",
-                    "NOT_CONFIGURED",
-                    f"Klarna is not configured for channel {order.channel_slug}: "
-                    "set the API credentials in the app's settings",
-                    note_key=f"exception:NOT_CONFIGURED:{order.klarna_order_id}",
+                    "config", "NOT_CONFIGURED", message, note_key=f"exception:NOT_CONFIGURED:{order.klarna_order_id}"
                 )
+            self._refuse_requests(message)
         else:
             self._sync_klarna(self.merchant)
         self._resolve_settled()
@@ -233,8 +237,6 @@ class _Run:
         # Klarna is read on every run, whatever the mapping says for the status: a scheduled check
         # (expiry, drift, a fraud decision) has no webhook of its own.
         order = self._order
-        if self.source is not None and self.source.books:
-            self.requests = list(self.snapshot.requests)
         klarna = self.deps.klarna_for(merchant)
         state = self._read_klarna(klarna)
         if state is None:
@@ -270,7 +272,7 @@ class _Run:
         self._settle_requests(steps)
         self._refresh(klarna)
         self._schedule(merchant, now)
-        self._keep_books(merchant)
+        self._keep_books()
 
     def _schedule(self, merchant: MerchantSettings, now: datetime) -> None:
         """Keep the order's next check (the job's delayed run) while something is authorized."""
@@ -310,6 +312,7 @@ class _Run:
             else:
                 code, message = exc.code or "KLARNA_ERROR", f"Klarna refused to read the order: {exc.reason}"
             self._raise("read", code, message, note_key=f"exception:{code}:{self._klarna_id}", failure=exc)
+            self._refuse_requests(message)
             return None
 
     def _reconcile(self, state: KlarnaOrder) -> KlarnaOrder:
@@ -695,6 +698,8 @@ class _Run:
         )
 
     def _mismatch(self, mismatch: Mismatch) -> None:
+        self.mismatched = True
+        self._refuse_requests(f"Klarna order {self._klarna_id} is not acted on: {mismatch.message}")
         self._raise(
             "match",
             mismatch.code.value,
@@ -738,15 +743,15 @@ class _Run:
         except KlarnaFailure:
             self._books_later()  # the summary falls back to the ledger; the books wait for a fresh read
 
-    def _keep_books(self, merchant: MerchantSettings) -> None:
+    def _keep_books(self) -> None:
         """Report on the app's transaction what Klarna now shows; a failure here never touches Klarna's part:
         the run finishes and the books are tried again on their own (``again_in``)."""
         source, state = self.source, self.klarna_state
-        if source is None or state is None or not source.books:
+        if source is None or state is None or not source.books or self.mismatched:
             return
         if not self.fresh and (self.outcome.performed or any(r.state is RequestState.PERFORMED for r in self.requests)):
             return  # Klarna's order after the operations could not be read: the books wait for the next run
-        portal = portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
+        portal = self._portal_url()
         try:
             # Every request, the reported ones too: a capture made for one stays booked under its pspReference.
             result = keep_books(
@@ -764,6 +769,42 @@ class _Run:
             logger.warning("Saleor's books not kept now; tried again later", extra=self._log_extra())
             self._books_later()
             return
+        self._booked(result, state.currency)
+
+    def _refuse_requests(self, reason: str) -> None:
+        """The run cannot perform the dashboard's requests (the Klarna order is not this order's, Klarna
+        cannot be read, no credentials): each recorded one fails with the reason and Saleor gets its
+        *_FAILURE now, instead of a request pending for ever. Klarna's state is not booked."""
+        tx = self.source.transaction if self.source is not None and self.source.books else None
+        if tx is None:
+            return
+        for request in self.requests:
+            if request.state is RequestState.RECORDED:
+                self.deps.repo.mark_request(self.job, request.id, RequestState.FAILED, reason)
+        self.requests = [
+            replace(r, state=RequestState.FAILED, reason=reason) if r.state is RequestState.RECORDED else r
+            for r in self.requests
+        ]
+        if not any(r.state is RequestState.FAILED for r in self.requests):
+            return
+        try:
+            result = report_failures(self.saleor, tx, self.requests, self._portal_url())
+        except BooksUnavailable:
+            return
+        except SaleorUnavailable:
+            self._books_later()
+            return
+        self._booked(result, tx.currency)
+
+    def _portal_url(self) -> str:
+        """The order's page in Klarna's merchant portal ("" without credentials to name the merchant)."""
+        merchant = self.merchant
+        if merchant is None or not merchant.has_credentials:
+            return ""
+        return portal_order_url(merchant.environment, merchant_id_of(merchant.username), self._klarna_id)
+
+    def _booked(self, result: BooksResult, currency: str) -> None:
+        """Record what Saleor took, and tell the admin what it refused."""
         reported = {r.id for r in self.requests if r.state is RequestState.REPORTED}
         for request_id in set(result.settled) - reported:
             self.deps.repo.mark_request(self.job, request_id, RequestState.REPORTED)
@@ -772,8 +813,8 @@ class _Run:
                 f"books:{conflict.type.value}:{conflict.psp_reference}",
                 "BOOKS_CONFLICT",
                 f"Saleor holds {conflict.type.value} {conflict.psp_reference} with another amount "
-                f"({format_minor(conflict.booked, state.currency)}) than Klarna "
-                f"({format_minor(conflict.klarna, state.currency)}); Saleor's books were not changed",
+                f"({format_minor(conflict.booked, currency)}) than Klarna "
+                f"({format_minor(conflict.klarna, currency)}); Saleor's books were not changed",
                 note_key=f"books:conflict:{conflict.type.value}:{conflict.psp_reference}",
             )
         for report, outcome in result.refused:
@@ -783,7 +824,7 @@ class _Run:
             self._raise(
                 f"books:{report.type.value}:{report.psp_reference}",
                 outcome.error_code or "BOOKS_REFUSED",
-                f"Saleor refused the {report.type.value} report of {format_minor(report.amount, state.currency)}: "
+                f"Saleor refused the {report.type.value} report of {format_minor(report.amount, currency)}: "
                 f"{outcome.message or outcome.error_code}",
                 note_key=f"books:refused:{report.type.value}:{report.psp_reference}",
             )

@@ -245,6 +245,20 @@ def test_a_klarna_order_that_does_not_match_the_shop_order_is_refused(shop: Shop
     assert shop.saleor.order(order_id)["transactions"] == [] and shop.saleor.order(other)["transactions"] == []
 
 
+def test_a_button_on_a_klarna_order_that_does_not_match_gets_a_failure_not_a_pending_request(shop: Shop) -> None:
+    install(shop)
+    big = shop.klarna.create_order(order_amount=99000, currency="USD")  # Klarna holds more than the order
+    order_id = shop.saleor.create_order(lines=[dict(TEE), dict(SHOE)], klarna_order_id=big)
+    psp = psp_of(shop.saleor.request_action(tx(shop, order_id)["id"], "CHARGE", "50.00"))
+    shop.sync()
+    assert shop.performed("captures") == 0
+    [failure] = [e for e in tx(shop, order_id)["events"] if e["pspReference"] == psp and e["type"] == "CHARGE_FAILURE"]
+    assert f"Klarna order {big} is not acted on" in failure["message"]
+    t = tx(shop, order_id)
+    assert (t["chargePendingAmount"]["amount"], t["chargedAmount"]["amount"]) == (0.0, 0.0)
+    assert [e.error_code for e in shop.exceptions()] == ["AMOUNT_UNEXPLAINED"]
+
+
 def test_an_install_without_handle_payments_works_as_before(shop: Shop) -> None:
     install(shop, handle_payments=False)
     order_id, kid = shop.order()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from plugin.domain.requests import RequestState
 from plugin.domain.transactions import ActionKind, AppRef, EventType, SaleorTransaction
 from plugin.services.ports import SaleorUnavailable
 from plugin.services.sync import BOOKS_RECHECK_SECONDS, SyncDeps, sync_order
@@ -91,3 +92,36 @@ def test_a_refused_charge_is_closed_as_a_failure_with_the_reason() -> None:
     [tx] = shop.saleor.transactions[ORDER]
     [failure] = [e for e in tx.events if e.type is EventType.CHARGE_FAILURE]
     assert "remains authorized" in failure.message and shop.klarna.performed == []
+
+
+def _failure_of(shop: Shop, psp: str) -> str:
+    [tx] = shop.saleor.transactions[ORDER]
+    [failure] = [e for e in tx.events if e.psp_reference == psp and e.type.endswith("_FAILURE")]
+    return failure.message
+
+
+def test_requests_the_run_cannot_perform_fail_at_once_instead_of_staying_pending() -> None:
+    shop = Shop()
+    shop.run()  # the transaction exists; nothing done in Klarna yet, so the match is checked again
+    [tx] = shop.saleor.transactions[ORDER]
+    # The Klarna order no longer fits the shop's order: no operation, and the button gets its answer.
+    shop.klarna.orders[shop.kid] = replace(shop.klarna.orders[shop.kid], currency="SEK")
+    charge = shop.ledger.record_request(ORDER, tx, ActionKind.CHARGE, 500)
+    shop.run()
+    assert shop.klarna.performed == []
+    assert "not acted on" in _failure_of(shop, charge.psp_reference)
+    assert shop.ledger.requests[charge.id].state is RequestState.REPORTED
+    # Klarna does not know the order any more.
+    del shop.klarna.orders[shop.kid]
+    refund = shop.ledger.record_request(ORDER, tx, ActionKind.CANCEL, TOTAL)
+    shop.run()
+    assert "does not know order" in _failure_of(shop, refund.psp_reference)
+    # No credentials for the channel.
+    shop.ledger.channels["*"] = replace(shop.ledger.channels["*"], username="", password="")
+    cancel = shop.ledger.record_request(ORDER, tx, ActionKind.CANCEL, TOTAL)
+    shop.run()
+    assert "not configured" in _failure_of(shop, cancel.psp_reference)
+    events = shop.saleor.transactions[ORDER][0].events
+    shop.ledger.enqueue(ORDER)
+    shop.run()
+    assert shop.saleor.transactions[ORDER][0].events == events  # each failure reported once

@@ -255,6 +255,8 @@ class PaymentRequest(Base):
     details: Mapped[str] = mapped_column(Text, default="{}")  # JSON: granted refund lines, shipping
     state: Mapped[str] = mapped_column(String(16), default="recorded")  # RequestState
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # The Klarna reference of the operation made for it when not the pspReference (a shipment's id).
+    klarna_reference: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

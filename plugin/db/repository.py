@@ -18,7 +18,16 @@ from sqlalchemy.orm import Session
 
 from plugin.crypto import SecretBox
 from plugin.db import Database
-from plugin.db.models import ChannelSettings, Installation, Note, Operation, ProcessException, UTCDateTime, utcnow
+from plugin.db.models import (
+    ChannelSettings,
+    Installation,
+    Note,
+    Operation,
+    PaymentRequest,
+    ProcessException,
+    UTCDateTime,
+    utcnow,
+)
 from plugin.domain.ledger import (
     Changes,
     ClaimedJob,
@@ -45,6 +54,7 @@ LOG_KEPT = 20  # exchanges kept per operation (the first ones; a retry storm doe
 _OPS = cast(Table, Operation.__table__)
 _NOTES = cast(Table, Note.__table__)
 _EXCEPTIONS = cast(Table, ProcessException.__table__)
+_REQUESTS = cast(Table, PaymentRequest.__table__)
 
 _INSTALLATIONS = cast(Table, Installation.__table__)
 _CHANNELS = cast(Table, ChannelSettings.__table__)
@@ -169,6 +179,9 @@ class SqlLedger:
             )
             new = changes.new_operation if mismatch is None else None
             operation_id = _insert_operation(conn, job, new, now) if new else None
+            if changes.request_reference is not None and mismatch is None:
+                request_id, reference = changes.request_reference
+                conn.execute(_REQUEST_REFERENCE, {"p_id": request_id, "p_reference": reference, "p_now": now})
             for change in changes.operations:
                 _update_operation(conn, change.operation, change.log, change.attempted, now)
             state = NoteState.SKIPPED if changes.skip_notes else NoteState.PENDING
@@ -280,6 +293,11 @@ def _appended_log(entry: Any) -> Any:
 _INSERT_OPERATION = _OPS.insert().returning(_OPS.c.id)
 _UPDATE_OPERATION = {(a, b): _update_operation_statement(a, b) for a in (True, False) for b in (True, False)}
 _IDS: BindParameter[list[int]] = bindparam("p_ids", expanding=True)
+_REQUEST_REFERENCE = (
+    update(_REQUESTS)
+    .where(_REQUESTS.c.id == bindparam("p_id"))
+    .values(klarna_reference=bindparam("p_reference"), updated_at=bindparam("p_now", type_=UTCDateTime()))
+)
 _NOTE_FAILED = update(_NOTES).where(_NOTES.c.id.in_(_IDS)).values(attempts=_NOTES.c.attempts + 1)
 _RESOLVE = (
     update(_EXCEPTIONS)

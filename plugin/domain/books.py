@@ -201,27 +201,27 @@ def failure_report(
     )
 
 
-def request_psp_map(klarna: KlarnaOrder, requests: Iterable[tuple[ActionKind, str]]) -> dict[str, str]:
+def request_psp_map(klarna: KlarnaOrder, requests: Iterable[tuple[ActionKind, str, str]]) -> dict[str, str]:
     """Which Klarna resource answered which dashboard request: Klarna resource id -> request pspReference.
 
-    Convention: a capture or refund made for a request carries the request's pspReference as its
-    Klarna ``reference``; a cancel or release is the Klarna order's, so the (first) open cancel
-    request takes it once Klarna shows the authorization gone.
+    ``requests`` are (action, pspReference, Klarna reference) triples. Convention: a capture or refund
+    made for a request carries the request's Klarna reference (its pspReference, or the shipment it
+    was captured for); a cancel or release is the Klarna order's, so the (first) open cancel request
+    takes it once Klarna shows the authorization gone.
     """
-    by_psp: dict[str, ActionKind] = {}
+    by_reference: dict[str, tuple[ActionKind, str]] = {}
     cancels: list[str] = []
-    for action, psp in requests:
-        by_psp.setdefault(psp, action)
+    for action, psp, reference in requests:
+        by_reference.setdefault(reference, (action, psp))
         if action is ActionKind.CANCEL:
             cancels.append(psp)
-    mapping = {
-        c.capture_id: c.reference
-        for c in klarna.captures
-        if c.reference and by_psp.get(c.reference) is ActionKind.CHARGE
-    }
-    mapping |= {
-        r.refund_id: r.reference for r in klarna.refunds if r.reference and by_psp.get(r.reference) is ActionKind.REFUND
-    }
+
+    def answered(reference: str | None, action: ActionKind) -> str | None:
+        found = by_reference.get(reference or "")
+        return found[1] if found is not None and found[0] is action else None
+
+    mapping = {c.capture_id: to for c in klarna.captures if (to := answered(c.reference, ActionKind.CHARGE))}
+    mapping |= {r.refund_id: to for r in klarna.refunds if (to := answered(r.reference, ActionKind.REFUND))}
     if cancels and released_amount(klarna)[0] > 0:
         mapping[klarna.id] = cancels[0]
     return mapping

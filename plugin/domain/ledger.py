@@ -146,6 +146,9 @@ class Changes:
     job: Finish | RetryLater | None = None
     # Bind this Klarna order id to the job's order first; on a mismatch ``new_operation`` is not written.
     bind: str | None = None
+    # (request id, Klarna reference): the dashboard request the operation sent next is made for,
+    # stored before Klarna is called so a run after a crash knows which capture answers it.
+    request_reference: tuple[int, str] | None = None
 
     @property
     def empty(self) -> bool:
@@ -159,6 +162,7 @@ class Changes:
             or self.exceptions
             or self.resolved
             or self.job
+            or self.request_reference
         )
 
 

@@ -32,3 +32,11 @@ class OpenRequest:
     details: dict[str, object]
     state: RequestState
     reason: str | None = None  # why Klarna refused it (state FAILED)
+    # The Klarna reference of the operation made for it, where not the pspReference: a charge that
+    # asked for exactly a shipment's value is captured with its lines under the shipment's id.
+    klarna_reference: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """The Klarna ``reference`` of the capture or refund made for this request."""
+        return self.klarna_reference or self.psp_reference

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from plugin.domain.books import released_amount
 from plugin.domain.model import (
+    Action,
     KlarnaCapture,
     KlarnaLine,
     KlarnaOrder,
@@ -26,7 +28,7 @@ from plugin.domain.model import (
     ShopOrder,
 )
 from plugin.domain.money import format_minor, share
-from plugin.domain.plan import klarna_line, shipping_line
+from plugin.domain.plan import klarna_line, plan, shipping_line
 from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import OperationKind
 from plugin.domain.transactions import (
@@ -103,12 +105,48 @@ def _money(amount: int, currency: str) -> str:
     return format_minor(amount, currency)
 
 
-def _charge(request: OpenRequest, order: ShopOrder, state: KlarnaOrder) -> ButtonStep:
-    if any(c.reference == request.psp_reference for c in state.captures):
+@dataclass(frozen=True)
+class Judging:
+    """What a request is judged with besides Klarna's order: the merchant's options, the time, and
+    the references of earlier captures and refunds made by amount alone (the plan's ``prepaid``)."""
+
+    options: Options
+    now: datetime
+    prepaid: frozenset[str] = frozenset()
+
+
+def shipment_capture(
+    request: OpenRequest, order: ShopOrder, state: KlarnaOrder, judging: Judging
+) -> PlannedOperation | None:
+    """The capture of the first shipment not yet captured, when the request asks for exactly its value.
+
+    It is the capture the status-driven plan would send for that shipment (same reference, lines and
+    amount), so Klarna's records carry the shipment's lines and the plan counts the shipment as
+    captured. Only the first one: later shipments' lines are valued after the earlier ones.
+    """
+    planned = plan(
+        order, state, {order.status: Action.CAPTURE}, judging.options, now=judging.now, prepaid=judging.prepaid
+    )
+    first = next((op for op in planned.operations if op.kind is OperationKind.CAPTURE), None)
+    if first is None or first.amount <= 0 or first.amount != request.amount:
+        return None
+    return replace(first, tracking_number="", description=f"Captured from the dashboard: {first.description}")
+
+
+def _charge(request: OpenRequest, order: ShopOrder, state: KlarnaOrder, judging: Judging) -> ButtonStep:
+    if any(c.reference == request.reference for c in state.captures):
         return ButtonStep(request)  # done in an earlier run
     if state.status not in _CAPTURABLE or request.amount > state.remaining:
         left = _money(state.remaining if state.status in _CAPTURABLE else 0, state.currency)
         return ButtonStep(request, refusal=f"only {left} remains authorized in Klarna")
+    shipment = shipment_capture(request, order, state, judging)
+    if request.klarna_reference is not None:
+        # Chosen by an earlier run and written with its ledger row: that row is sent (its stored body).
+        if shipment is None or shipment.reference != request.klarna_reference:
+            shipment = PlannedOperation(OperationKind.CAPTURE, request.klarna_reference, request.amount)
+        return ButtonStep(request, shipment)
+    if shipment is not None:
+        return ButtonStep(request, shipment)
     description = f"Captured from the dashboard (order {order.number})"
     return ButtonStep(
         request, PlannedOperation(OperationKind.CAPTURE, request.psp_reference, request.amount, description=description)
@@ -132,7 +170,7 @@ def granted_lines(request: OpenRequest, order: ShopOrder) -> tuple[KlarnaLine, .
     return tuple(lines) if lines and sum(ln.total_amount for ln in lines) == request.amount else ()
 
 
-def _refund(request: OpenRequest, order: ShopOrder, state: KlarnaOrder) -> ButtonStep:
+def _refund(request: OpenRequest, order: ShopOrder, state: KlarnaOrder, _judging: Judging) -> ButtonStep:
     if any(r.reference == request.psp_reference for r in state.refunds):
         return ButtonStep(request)
     kept = state.captured - state.refunded
@@ -148,7 +186,7 @@ def _refund(request: OpenRequest, order: ShopOrder, state: KlarnaOrder) -> Butto
     return ButtonStep(request, op)
 
 
-def _cancel(request: OpenRequest, order: ShopOrder, state: KlarnaOrder) -> ButtonStep:
+def _cancel(request: OpenRequest, order: ShopOrder, state: KlarnaOrder, _judging: Judging) -> ButtonStep:
     """Cancel before any capture, release the rest after one; a cancel Klarna already shows is done."""
     description = "Cancelled from the dashboard"
     if state.status == "AUTHORIZED" and state.captured == 0 and state.remaining > 0:
@@ -164,7 +202,7 @@ def _cancel(request: OpenRequest, order: ShopOrder, state: KlarnaOrder) -> Butto
     return ButtonStep(request, refusal="nothing remains authorized in Klarna")
 
 
-_STEPS: Mapping[ActionKind, Callable[[OpenRequest, ShopOrder, KlarnaOrder], ButtonStep]] = {
+_STEPS: Mapping[ActionKind, Callable[[OpenRequest, ShopOrder, KlarnaOrder, Judging], ButtonStep]] = {
     ActionKind.CHARGE: _charge,
     ActionKind.REFUND: _refund,
     ActionKind.CANCEL: _cancel,
@@ -190,7 +228,7 @@ def shown(state: KlarnaOrder, op: PlannedOperation) -> KlarnaOrder:
 
 
 def button_steps(
-    requests: Iterable[OpenRequest], order: ShopOrder, state: KlarnaOrder
+    requests: Iterable[OpenRequest], order: ShopOrder, state: KlarnaOrder, judging: Judging
 ) -> tuple[list[ButtonStep], KlarnaOrder]:
     """The recorded requests in the order they came, each judged against Klarna as the ones before leave it.
 
@@ -208,7 +246,7 @@ def button_steps(
         if request.klarna_order_id != state.id:
             steps.append(ButtonStep(request, refusal=f"the transaction names Klarna order {request.klarna_order_id}"))
             continue
-        step = _STEPS[request.action](request, order, state)
+        step = _STEPS[request.action](request, order, state, judging)
         if step.operation is not None:
             state = shown(state, step.operation)
             cancelling = cancelling or step.operation.kind in (OperationKind.CANCEL, OperationKind.RELEASE)

@@ -77,7 +77,7 @@ def keep_books(
         created = True
     mine = [r for r in requests if r.transaction_id == tx.id]
     answered = [r for r in mine if r.state is not RequestState.FAILED]
-    mapping = request_psp_map(klarna, [(r.action, r.psp_reference) for r in answered])
+    mapping = request_psp_map(klarna, [(r.action, r.psp_reference, r.reference) for r in answered])
     cancels = [r.psp_reference for r in answered if r.action is ActionKind.CANCEL]
     plan = missing_reports(klarna, tx, portal_url=portal_url, request_psp=mapping, cancel_requests=cancels)
     result = _report(saleor, tx, (*plan.reports, *_failures(tx, mine, portal_url)), mine, klarna.currency)

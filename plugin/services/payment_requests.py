@@ -120,6 +120,7 @@ def open_requests(
             json.loads(r.details),
             RequestState(r.state),
             r.reason,
+            r.klarna_reference,
         )
         for r in rows
     ]

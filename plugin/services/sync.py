@@ -246,28 +246,34 @@ class _Run:
         if not self._matches(state):
             return
         # The dashboard's requests first; the plan sees Klarna with them done (issue 9 item 4).
-        steps, seen = booking.button_steps(self.requests, order, state)
         now = self.deps.now()
+        prepaid = booking.prepaid_references(self.requests)
+        judging = booking.Judging(merchant.options, now, prepaid)
+        steps, seen = booking.button_steps(self.requests, order, state, judging)
         buttons = [step.operation for step in steps if step.operation is not None]
+        # A request whose operation carries another reference than its pspReference (a shipment's):
+        # the reference is stored with the operation's ledger row, before Klarna is called.
+        owners = {
+            (step.operation.kind, step.operation.reference, step.operation.amount): step.request.id
+            for step in steps
+            if step.operation is not None and step.operation.reference != step.request.reference
+        }
         # What the buttons are about to do is the app's own, not activity seen in Klarna.
         ledger = lifecycle.app_history(self.ops.values())
         history = replace(
             ledger,
-            references=booking.prepaid_references(self.requests),
+            references=prepaid,
             cancelled=ledger.cancelled or any(op.kind is OperationKind.CANCEL for op in buttons),
             released=ledger.released or any(op.kind is OperationKind.RELEASE for op in buttons),
         )
-        life = plan_life(
-            order, seen, merchant.mapping, merchant.options, history, now=now,
-            prepaid=booking.prepaid_references(self.requests),
-        )  # fmt: skip
+        life = plan_life(order, seen, merchant.mapping, merchant.options, history, now=now, prepaid=prepaid)
         self.planned = True
         self._supersede([*buttons, *life.operations])
         self.pending.notes.extend(lifecycle.seen_notes(life.seen, self._klarna_id))
         for blocked in life.blocked:
             self._blocked(blocked)
         for op in [*buttons, *life.operations]:
-            if not self._perform(klarna, op):
+            if not self._perform(klarna, op, owners.get((op.kind, op.reference, op.amount))):
                 break
         self._settle_requests(steps)
         self._refresh(klarna)
@@ -355,8 +361,13 @@ class _Run:
 
     # -- one operation -------------------------------------------------------------------------
 
-    def _perform(self, klarna: KlarnaPort, planned: PlannedOperation) -> bool:
-        """Ledger first, then Klarna, then the outcome. False stops the remaining operations."""
+    def _perform(self, klarna: KlarnaPort, planned: PlannedOperation, request_id: int | None = None) -> bool:
+        """Ledger first, then Klarna, then the outcome. False stops the remaining operations.
+
+        ``request_id``: the dashboard request the operation is made for, under another reference than
+        its pspReference; the reference is stored in the commit before the Klarna call.
+        """
+        reference = (request_id, planned.reference) if request_id is not None else None
         spec = KINDS[planned.kind]
         op = next(
             (
@@ -384,7 +395,7 @@ class _Run:
                 # units so the next shipment of the line is valued after them.
                 state=OperationState.SUCCEEDED if free else OperationState.PENDING,
             )
-            committed = self._commit(new_operation=new, bind=self._klarna_id)
+            committed = self._commit(new_operation=new, bind=self._klarna_id, request_reference=reference)
             if committed.mismatch is not None:  # the Klarna order is another order's: nothing written, nothing sent
                 self._mismatch(committed.mismatch)
                 return False
@@ -407,7 +418,7 @@ class _Run:
                 return True
         else:
             self.pending.operations.append(OperationUpdate(op, attempted=True))
-            self._commit()
+            self._commit(request_reference=reference)
         try:
             result = spec.send(klarna, self._klarna_id, op.request_body, op.idempotency_key)
         except KlarnaFailure as exc:
@@ -629,12 +640,17 @@ class _Run:
         new_operation: NewOperation | None = None,
         job: Finish | RetryLater | None = None,
         bind: str | None = None,
+        request_reference: tuple[int, str] | None = None,
     ) -> Committed:
         changes, self.pending = self.pending, Changes()
         changes.new_operation, changes.job, changes.bind = new_operation, job, bind
+        changes.request_reference = request_reference
         started = self.deps.monotonic()
         committed = self.deps.repo.commit(self.job, changes, lease_seconds=self.deps.lease_seconds)
         self.lease_from = started
+        if request_reference is not None and committed.mismatch is None:
+            request_id, reference = request_reference
+            self.requests = [replace(r, klarna_reference=reference) if r.id == request_id else r for r in self.requests]
         for note in () if changes.skip_notes else committed.queued_notes:
             self.notes[note.id] = note
         return committed

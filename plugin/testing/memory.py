@@ -211,6 +211,9 @@ class InMemoryLedger:
         self.commits += 1
         operation_id = None
         mismatch = self._bind(changes.bind, job.order_id) if changes.bind else None
+        if changes.request_reference is not None and mismatch is None:
+            request_id, reference = changes.request_reference
+            self.requests[request_id] = replace(self.requests[request_id], klarna_reference=reference)
         if changes.new_operation is not None and mismatch is None:
             new = changes.new_operation
             operation_id = next(self._ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-from plugin.domain.model import Options
+from plugin.domain.model import Action, Options
 from plugin.services import queue
 from plugin.testing.saleor import OTHER_APP
 from tests.functional.shop import SHOE, TEE, Shop
@@ -171,6 +171,35 @@ def test_the_dashboard_buttons_end_to_end(shop: Shop) -> None:
     assert answer.status_code == 400 and answer.get_json()["result"].endswith("_FAILURE")
     shop.sync()
     assert shop.klarna.counts() == counts
+
+
+def test_a_charge_for_what_shipped_is_captured_with_the_shipments_lines(shop: Shop) -> None:
+    # A merchant who captures with the dashboard's Capture button, not on fulfilment.
+    install(shop, mapping={"CANCELED": Action.CANCEL})
+    order_id, kid = shop.order(shipping="10.00")
+    tee, shoe = shop.line_ids(order_id)
+    tx_id = tx(shop, order_id)["id"]
+    first = shop.saleor.fulfill(order_id, {tee: 2})
+    shop.sync()
+    assert shop.kstate(kid)["captures"] == []
+    # Capture 50.00, exactly the first shipment (the tees and the shipping): Klarna gets its lines.
+    psp = psp_of(shop.saleor.request_action(tx_id, "CHARGE", "50.00"))
+    shop.sync()
+    [capture] = shop.kstate(kid)["captures"]
+    assert (capture["captured_amount"], capture["reference"]) == (5000, first)
+    assert [(ln["reference"], ln["quantity"]) for ln in capture["order_lines"]] == [(TEE["sku"], 2), ("shipping", 1)]
+    t = tx(shop, order_id)
+    charges = [(e["pspReference"], e["amount"]["amount"]) for e in t["events"] if e["type"] == "CHARGE_SUCCESS"]
+    assert charges == [(psp, 50.0)] and t["chargePendingAmount"]["amount"] == 0.0
+    # The shoe ships; Capture with Saleor's default amount (what remains authorized) takes its lines.
+    second = shop.saleor.fulfill(order_id, {shoe: 1})
+    shop.sync()
+    psp_of(shop.saleor.request_action(tx_id, "CHARGE"))
+    shop.sync()
+    state = shop.kstate(kid)
+    assert [(c["reference"], c["captured_amount"]) for c in state["captures"]] == [(first, 5000), (second, 9000)]
+    assert [ln["reference"] for ln in state["captures"][1]["order_lines"]] == [SHOE["sku"]]
+    assert amounts(shop, order_id) == (0.0, 140.0, 0.0) and shop.exceptions() == []
 
 
 def test_the_cancel_button_voids_the_authorization(shop: Shop) -> None:

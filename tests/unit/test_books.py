@@ -267,7 +267,7 @@ def test_a_cancel_request_after_the_cancel_is_booked_is_answered_as_done_without
     assert (report.type, report.psp_reference, report.amount) == (EventType.CANCEL_SUCCESS, "req-1", 0)
     assert "already" in report.message
     # Two cancel requests before anything was booked: the first takes Klarna's cancel, the second is done.
-    mapping = request_psp_map(order, [(ActionKind.CANCEL, "req-1"), (ActionKind.CANCEL, "req-2")])
+    mapping = request_psp_map(order, [(ActionKind.CANCEL, "req-1", "req-1"), (ActionKind.CANCEL, "req-2", "req-2")])
     plan = missing_reports(order, tx(), request_psp=mapping, cancel_requests=["req-1", "req-2"])
     assert [(r.psp_reference, r.amount) for r in plan.reports] == [("req-1", 13000), ("req-2", 0)]
     # Level-triggered: once booked, nothing more.
@@ -323,8 +323,13 @@ def test_request_psp_map_follows_the_klarna_reference_convention():
         captures=(KlarnaCapture("cap-1", "req-c", 5000), KlarnaCapture("cap-2", "Fulfillment:1", 1000)),
         refunds=(KlarnaRefund("ref-1", "req-r", 1000),),
     )  # fmt: skip
-    requests = [(ActionKind.CHARGE, "req-c"), (ActionKind.REFUND, "req-r"), (ActionKind.CANCEL, "req-x")]
+    requests = [
+        (ActionKind.CHARGE, "req-c", "req-c"), (ActionKind.REFUND, "req-r", "req-r"),
+        (ActionKind.CANCEL, "req-x", "req-x"),
+    ]  # fmt: skip
     assert request_psp_map(order, requests) == {"cap-1": "req-c", "ref-1": "req-r", "k-1": "req-x"}
+    # A charge captured with a shipment's lines carries the shipment's reference.
+    assert request_psp_map(order, [(ActionKind.CHARGE, "req-s", "Fulfillment:1")]) == {"cap-2": "req-s"}
     # A reference naming a request of another kind is not that request's outcome.
-    assert request_psp_map(order, [(ActionKind.REFUND, "req-c")]) == {}
-    assert request_psp_map(klarna(), [(ActionKind.CANCEL, "req-x")]) == {}  # nothing released yet
+    assert request_psp_map(order, [(ActionKind.REFUND, "req-c", "req-c")]) == {}
+    assert request_psp_map(klarna(), [(ActionKind.CANCEL, "req-x", "req-x")]) == {}  # nothing released yet

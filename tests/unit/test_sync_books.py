@@ -4,12 +4,18 @@ books as a step of their own (a failed report never repeats the Klarna part), an
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import pytest
+
+from plugin.domain.ledger import Changes
+from plugin.domain.model import Action
 from plugin.domain.requests import RequestState
+from plugin.domain.states import OperationState
 from plugin.domain.transactions import ActionKind, AppRef, EventType, SaleorTransaction
 from plugin.services.ports import SaleorUnavailable
 from plugin.services.sync import BOOKS_RECHECK_SECONDS, SyncDeps, sync_order
-from tests.unit.test_books_property import ORDER, TOTAL, Shop
+from tests.unit.test_books_property import ORDER, SHIPPING, TOTAL, Shop
 
 
 def _deps(shop: Shop) -> SyncDeps:
@@ -125,3 +131,91 @@ def test_requests_the_run_cannot_perform_fail_at_once_instead_of_staying_pending
     shop.ledger.enqueue(ORDER)
     shop.run()
     assert shop.saleor.transactions[ORDER][0].events == events  # each failure reported once
+
+
+class Kill(BaseException):
+    """The worker process dies."""
+
+
+def _manual_capture(shop: Shop) -> None:
+    """A merchant who captures with the dashboard's button, not on fulfilment."""
+    star = shop.ledger.channels["*"]
+    mapping = {status: Action.NONE for status in star.mapping} | {"CANCELED": Action.CANCEL}
+    shop.ledger.channels["*"] = replace(star, mapping=mapping)
+
+
+FIRST_SHIPMENT = 5000 + SHIPPING  # tee x2, and the shipping goes with the first capture
+
+
+def _dies_after_klarna(shop: Shop) -> None:
+    capture = shop.klarna.capture
+
+    def dies(*args: Any) -> Any:
+        capture(*args)
+        raise Kill
+
+    shop.klarna.capture = dies  # type: ignore[method-assign]  # the process dies after Klarna answered
+
+
+def _dies_after_the_result(shop: Shop) -> None:
+    commit = shop.ledger.commit
+
+    def dies(job: Any, changes: Changes, **kw: Any) -> Any:
+        result = commit(job, changes, **kw)
+        if any(u.operation.state is OperationState.SUCCEEDED for u in changes.operations):
+            raise Kill
+        return result
+
+    shop.ledger.commit = dies  # type: ignore[method-assign]  # the process dies after recording the capture
+
+
+CRASHES = {"after the Klarna call": _dies_after_klarna, "after the result": _dies_after_the_result}
+
+
+@pytest.mark.parametrize("crash", [None, *CRASHES])
+def test_a_charge_for_exactly_a_shipment_is_captured_with_its_lines(crash: str | None) -> None:
+    shop = Shop()
+    _manual_capture(shop)
+    shop.ship(everything=False)  # the tee shipped; the shoe not yet
+    shop.run()
+    [tx] = shop.saleor.transactions[ORDER]
+    request = shop.ledger.record_request(ORDER, tx, ActionKind.CHARGE, FIRST_SHIPMENT)
+    if crash is not None:
+        [job] = shop.ledger.claim("w", lease_seconds=60, limit=1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(shop.klarna, "capture", shop.klarna.capture)  # undone when the block ends
+            patch.setattr(shop.ledger, "commit", shop.ledger.commit)
+            CRASHES[crash](shop)
+            with pytest.raises(Kill):
+                sync_order(_deps(shop), job)
+        shop.ledger.expire_leases()
+    shop.run()
+    # One capture, under the shipment's reference, with its lines; booked under the request's pspReference.
+    [capture] = shop.klarna.orders[shop.kid].captures
+    assert (capture.reference, capture.amount) == ("ful-1", FIRST_SHIPMENT)
+    assert sorted((ln.reference, ln.quantity) for ln in capture.lines) == [("TEE", 2), ("shipping", 1)]
+    [tx] = shop.saleor.transactions[ORDER]
+    [charge] = [e for e in tx.events if e.type is EventType.CHARGE_SUCCESS]
+    assert (charge.psp_reference, charge.amount) == (request.psp_reference, FIRST_SHIPMENT)
+    assert shop.ledger.requests[request.id].state is RequestState.REPORTED
+    # The shoe ships and the merchant captures on fulfilment from now on: only the shoe is captured.
+    star = shop.ledger.channels["*"]
+    shop.ledger.channels["*"] = replace(star, mapping={**star.mapping, "FULFILLED": Action.CAPTURE})
+    shop.ship(everything=True)
+    shop.run()
+    assert [(c.reference, c.amount) for c in shop.klarna.orders[shop.kid].captures] == [
+        ("ful-1", FIRST_SHIPMENT), ("ful-2", 8000),
+    ]  # fmt: skip
+    assert shop.saleor.transactions[ORDER][0].charged == TOTAL
+
+
+def test_a_charge_for_another_amount_is_captured_by_amount_and_counted_by_the_plan() -> None:
+    shop = Shop()
+    _manual_capture(shop)
+    shop.ship(everything=False)
+    shop.run()
+    [tx] = shop.saleor.transactions[ORDER]
+    request = shop.ledger.record_request(ORDER, tx, ActionKind.CHARGE, 2000)
+    shop.run()
+    [capture] = shop.klarna.orders[shop.kid].captures
+    assert (capture.reference, capture.amount, capture.lines) == (request.psp_reference, 2000, ())

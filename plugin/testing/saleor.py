@@ -105,6 +105,18 @@ _NO_GRANT: dict[str, Any] = {
 }
 # TransactionEventTypeEnum values matched as duplicates on (transaction, pspReference, type).
 _NOT_DEDUPLICATED = ("INFO", "AUTHORIZATION_ACTION_REQUIRED", "CHARGE_ACTION_REQUIRED")
+# transactionEventReport without an amount (transaction_event_report.py::clean_amount_value): only
+# these may omit it; a *_FAILURE takes the amount of its kind's SUCCESS or REQUEST under the same
+# pspReference (payment/utils.py::get_transaction_event_amount), INFO is 0; any other is REQUIRED.
+_AMOUNT_FROM = {
+    "CHARGE_FAILURE": ("CHARGE_SUCCESS", "CHARGE_REQUEST", "AUTHORIZATION_SUCCESS", "AUTHORIZATION_REQUEST"),
+    "REFUND_FAILURE": ("REFUND_SUCCESS", "REFUND_REQUEST", "CHARGE_SUCCESS", "CHARGE_REQUEST"),
+    "CANCEL_FAILURE": ("CANCEL_SUCCESS", "CANCEL_REQUEST", "AUTHORIZATION_SUCCESS", "AUTHORIZATION_REQUEST"),
+    "AUTHORIZATION_FAILURE": ("AUTHORIZATION_SUCCESS", "AUTHORIZATION_REQUEST"),
+    "REFUND_REVERSE": ("REFUND_SUCCESS",),
+    "CHARGE_BACK": ("CHARGE_SUCCESS",),
+    "INFO": (),
+}
 # requests' default headers, in the order they appear in the captured requests.
 BASE_HEADERS = {
     "User-Agent": USER_AGENT,
@@ -1843,7 +1855,22 @@ class _Root:
             order, tx = found
             if not fake._may_report(self.caller, tx):
                 raise PermissionDenied("OWNER", "HANDLE_PAYMENTS")  # gql-84
-            value = _dec(amount if amount is not None else 0)
+            if amount is None:
+                kinds = _AMOUNT_FROM.get(type)
+                source = next(
+                    (e for k in kinds or () for e in tx["events"] if e["type"] == k and e["psp_reference"] == pspReference),
+                    None,
+                )  # fmt: skip
+                if kinds is None or (source is None and type != "INFO"):
+                    required = f"The `amount` field is required for {type} event."
+                    return {
+                        "alreadyProcessed": None,
+                        "transaction": None,
+                        "transactionEvent": None,
+                        "errors": [{"field": "amount", "message": required, "code": "REQUIRED"}],
+                    }
+                amount = source["amount"] if source is not None else 0
+            value = _dec(amount)
             same = None
             if type not in _NOT_DEDUPLICATED:
                 same = next((e for e in tx["events"] if e["type"] == type and e["psp_reference"] == pspReference), None)

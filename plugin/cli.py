@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
 
@@ -366,7 +365,7 @@ def ops_list(show_all: bool) -> None:
         rows = session.scalars(query).all()
         for row in rows:
             click.echo(
-                f"#{row.id} [{row.state}] {row.created_at.astimezone(UTC):%Y-%m-%d %H:%M} order {row.order_id} {row.error_code}: {row.message}"
+                f"#{row.id} [{row.state}] {row.created_at:%Y-%m-%d %H:%M} order {row.order_id} {row.error_code}: {row.message}"
             )
         counts = queue.counts(session)
     click.echo(f"{len(rows)} exception(s); jobs queued {counts['queued']}, running {counts['running']}")

@@ -95,10 +95,8 @@ class SharedRateLimiter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if rate_per_second <= 0:
-            raise ValueError("rate_per_second must be positive")
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
+        # The local bucket checks the arguments, and limits this process alone while the database is out of reach.
+        self._local = RateLimiter(rate_per_second, burst, sleep=sleep)
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._key = key
         self._rate = float(rate_per_second)
@@ -149,7 +147,7 @@ class SharedRateLimiter:
                 "Klarna rate limit: the database is unreachable, limiting this process alone for a while",
                 extra={"error": exc.__class__.__name__},
             )
-            self._fallback = RateLimiter(self._rate, int(self._burst), sleep=self._sleep)
+            self._fallback = self._local
             self._fallback_until = now + FALLBACK_SECONDS
             return []
         if balance is None:  # the row vanished between the two statements: act as a fresh bucket

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -50,8 +50,7 @@ class Shop:
             job = session.scalars(select(Job).where(Job.order_id == order_id)).one_or_none()
             if job is None or job.requested_seq <= job.done_seq:
                 return None
-            run_after = job.run_after if job.run_after.tzinfo else job.run_after.replace(tzinfo=UTC)  # SQLite
-            return run_after - utcnow()
+            return job.run_after - utcnow()
 
     def close(self) -> None:
         self.saleor.stop()

@@ -34,8 +34,7 @@ def db(database_url: str) -> Database:
 def _run_after(db: Database) -> timedelta:
     with db.transaction() as session:
         job = session.scalars(select(Job)).one()
-        run_after = job.run_after if job.run_after.tzinfo else job.run_after.replace(tzinfo=utcnow().tzinfo)
-        return run_after - utcnow()
+        return job.run_after - utcnow()
 
 
 def _finish_with_check_in(db: Database, seconds: float) -> None:

@@ -15,6 +15,7 @@ import requests
 import responses
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from plugin.klarna.client import (
@@ -37,6 +38,7 @@ from plugin.klarna.errors import (
     KlarnaTransportError,
     error_from_response,
 )
+from plugin.klarna.ratelimit import SharedRateLimiter
 
 BASE = "https://api.playground.klarna.com"
 ORDER_ID = "f3392f8b-6116-4073-ab96-e330819e2c07"
@@ -521,11 +523,18 @@ def test_rate_limiter_concurrent_callers_queue_up() -> None:
     assert waits == pytest.approx([0.25, 0.5])
 
 
+LIMITERS: dict[str, Callable[[float, int], object]] = {
+    "local_case": RateLimiter,
+    "shared_case": lambda rate, burst: SharedRateLimiter(create_engine("sqlite://"), "k", rate, burst),
+}
+
+
+@pytest.mark.parametrize("make", LIMITERS.values(), ids=LIMITERS.keys())
 @pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (1.0, 0)], ids=["rate_case", "burst_case"])
-def test_rate_limiter_rejects_nonsense(rate: float, burst: int) -> None:
-    # given / when / then
+def test_rate_limiter_rejects_nonsense(make: Callable[[float, int], object], rate: float, burst: int) -> None:
+    # given / when / then: the shared limiter refuses through the local one it falls back to
     with pytest.raises(ValueError, match="must be"):
-        RateLimiter(rate, burst)
+        make(rate, burst)
 
 
 def test_client_acquires_a_token_before_each_request(

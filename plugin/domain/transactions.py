@@ -286,6 +286,11 @@ class OrderFacts:
     total_gross: int
     checkout_id: str | None = None
     other_money: int = 0  # held by other transactions of the order
+    # An authorization above the order, before any capture, is explained by an edit: Saleor edits
+    # lines in DRAFT and UNCONFIRMED (the plan then updates the authorization down to the order), and
+    # a merchant who does not update authorizations keeps Klarna above an edited order (the leftover
+    # is released once nothing is left to ship).
+    edits_explain_more: bool = False
 
     def identifiers(self) -> frozenset[str]:
         """Every spelling of this order a merchant reference may carry."""
@@ -311,15 +316,17 @@ def check_match(order: OrderFacts, klarna: KlarnaOrder, merchant_reference1: str
     """None when the Klarna order can be this order's payment, else why not. Pure.
 
     Currency must be the order's; Klarna's authorized amount and captures must fit in what the
-    order (less other transactions' money) can explain; ``merchant_reference1``, where Klarna
-    carries one, must name this order (its id, number or checkout).
+    order (less other transactions' money) can explain, an authorization above it only before any
+    capture and where an edit explains it (``edits_explain_more``); ``merchant_reference1``, where
+    Klarna carries one, must name this order (its id, number or checkout).
     """
     if klarna.currency.upper() != order.currency.upper():
         return Mismatch(
             MismatchCode.CURRENCY, f"Klarna order is in {klarna.currency}, the Saleor order in {order.currency}"
         )
     room = order.total_gross - order.other_money
-    if klarna.order_amount <= 0 or klarna.order_amount > room or klarna.captured > room:
+    edited_down = order.edits_explain_more and klarna.captured == 0
+    if klarna.order_amount <= 0 or (klarna.order_amount > room and not edited_down) or klarna.captured > room:
         return Mismatch(
             MismatchCode.AMOUNT,
             f"Klarna authorized {klarna.order_amount} and captured {klarna.captured} (minor units); "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from plugin.domain.books import released_amount
+from plugin.domain.lifecycle import EDITABLE_STATUSES
 from plugin.domain.model import (
     Action,
     KlarnaCapture,
@@ -75,7 +76,7 @@ def source_of(
     return source, books
 
 
-def order_facts(order: ShopOrder, books: OrderBooks | None, source: PaymentSource) -> OrderFacts:
+def order_facts(order: ShopOrder, books: OrderBooks | None, source: PaymentSource, options: Options) -> OrderFacts:
     """The shop's side of the match check: other transactions' money is not Klarna's to explain."""
     mine = source.transaction.id if source.transaction else None
     other = sum(t.money for t in books.transactions if t.id != mine) if books else 0
@@ -86,6 +87,7 @@ def order_facts(order: ShopOrder, books: OrderBooks | None, source: PaymentSourc
         total_gross=order.total_gross,
         checkout_id=books.checkout_id if books else None,
         other_money=other,
+        edits_explain_more=order.status in EDITABLE_STATUSES or not options.update_authorization,
     )
 
 

@@ -40,7 +40,7 @@ from plugin.domain.ledger import (
     QueuedNote,
     RetryLater,
 )
-from plugin.domain.lifecycle import EDITABLE_STATUSES, plan_life
+from plugin.domain.lifecycle import plan_life
 from plugin.domain.model import (
     Action,
     Blocked,
@@ -55,7 +55,6 @@ from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, OperationKind, OperationState, transition
 from plugin.domain.transactions import (
     Mismatch,
-    MismatchCode,
     OrderBooks,
     PaymentSource,
     SourceKind,
@@ -683,11 +682,9 @@ class _Run:
         if any(op.state is OperationState.SUCCEEDED for op in self.ops.values()):
             return True
         assert self.source is not None  # set with the order
-        mismatch = check_match(
-            booking.order_facts(self._order, self.books, self.source), state, state.merchant_reference1
-        )
-        if mismatch is not None and self._edited_down(mismatch, state):
-            mismatch = None  # the authorization update brings Klarna down to the edited order (issue 10 item 4)
+        options = self.merchant.options if self.merchant else Options()
+        facts = booking.order_facts(self._order, self.books, self.source, options)
+        mismatch = check_match(facts, state, state.merchant_reference1)
         if mismatch is None and self.source.kind is SourceKind.CREATE:
             # Bound before the transaction is created (the first operation's commit binds otherwise).
             mismatch = self.deps.repo.bind(self.job, self._klarna_id)
@@ -695,23 +692,6 @@ class _Run:
             return True
         self._mismatch(mismatch)
         return False
-
-    def _edited_down(self, mismatch: Mismatch, state: KlarnaOrder) -> bool:
-        """Klarna authorized more than the order totals, and an edit before any capture explains it.
-
-        Saleor edits lines only in DRAFT and UNCONFIRMED: there the plan updates the authorization
-        down to the order. A merchant who does not update authorizations keeps Klarna above an edited
-        order, and the leftover is released once nothing is left to ship. Any other order that explains
-        less than Klarna holds stays a mismatch (issue 11).
-        """
-        options = self.merchant.options if self.merchant else Options()
-        editable = self._order.status in EDITABLE_STATUSES
-        return (
-            mismatch.code is MismatchCode.AMOUNT
-            and (editable or not options.update_authorization)
-            and state.captured == 0
-            and state.currency.upper() == self._order.currency.upper()
-        )
 
     def _mismatch(self, mismatch: Mismatch) -> None:
         self.mismatched = True

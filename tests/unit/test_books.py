@@ -153,6 +153,15 @@ def test_match_refuses_a_strangers_klarna_order():
     assert check_match(FACTS, klarna(), "10001").code is MismatchCode.REFERENCE  # type: ignore[union-attr]  # check_match returns a mismatch here
 
 
+def test_an_authorization_above_the_order_is_explained_by_an_edit_only_before_any_capture():
+    edited = replace(FACTS, edits_explain_more=True)
+    assert check_match(edited, klarna(order_amount=20000, remaining=20000)) is None
+    captured = klarna(order_amount=20000, captured=100, remaining=19900, status="PART_CAPTURED")
+    assert check_match(edited, captured).code is MismatchCode.AMOUNT  # type: ignore[union-attr]  # check_match returns a mismatch here
+    assert check_match(edited, klarna(order_amount=20000, captured=14000)).code is MismatchCode.AMOUNT  # type: ignore[union-attr]  # check_match returns a mismatch here
+    assert check_match(edited, klarna(currency="EUR")).code is MismatchCode.CURRENCY  # type: ignore[union-attr]  # check_match returns a mismatch here
+
+
 # -- reports -----------------------------------------------------------------------------------
 
 

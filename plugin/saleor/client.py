@@ -34,24 +34,49 @@ from plugin.saleor import transactions as tx_wire
 
 logger = logging.getLogger(__name__)
 
-ORDER_QUERY = """
+ORDER_FIELDS = """
+fragment KlarnaOmOrderFields on Order {
+  id number status
+  channel { slug currencyCode }
+  total { gross { amount currency } }
+  shippingPrice { gross { amount } tax { amount } }
+  lines { id productName variantName productSku quantity taxRate
+          unitPrice { gross { amount } } totalPrice { gross { amount } } }
+  fulfillments { id fulfillmentOrder status trackingNumber lines { quantity orderLine { id } } }
+  transactions { name pspReference }
+  payments { gateway pspReference }
+  metadata { key value }
+  privateMetadata { key value }
+  events { type message }
+}
+"""
+
+ORDER_QUERY = (
+    """
 query KlarnaOmOrder($id: ID!) {
+  order(id: $id) { ...KlarnaOmOrderFields }
+}
+"""
+    + ORDER_FIELDS
+)
+
+# The order and its books in one read (what ORDER_QUERY and BOOKS_QUERY select). ``transactions``
+# needs MANAGE_ORDERS or HANDLE_PAYMENTS and is non-null: where Saleor refuses it, the error nulls
+# the whole ``order`` (PermissionDenied), so the caller falls back to ORDER_QUERY.
+ORDER_AND_BOOKS_QUERY = (
+    """
+query KlarnaOmOrderAndBooks($id: ID!, $key: String!) {
   order(id: $id) {
-    id number status
-    channel { slug currencyCode }
-    total { gross { amount currency } }
-    shippingPrice { gross { amount } tax { amount } }
-    lines { id productName variantName productSku quantity taxRate
-            unitPrice { gross { amount } } totalPrice { gross { amount } } }
-    fulfillments { id fulfillmentOrder status trackingNumber lines { quantity orderLine { id } } }
-    transactions { name pspReference }
-    payments { gateway pspReference }
-    metadata { key value }
-    privateMetadata { key value }
-    events { type message }
+    ...KlarnaOmOrderFields
+    checkoutId
+    klarnaOrderId: privateMetafield(key: $key)
+    transactions { ...KlarnaOmTransaction }
   }
 }
 """
+    + ORDER_FIELDS
+    + tx_wire.TRANSACTION_FIELDS
+)
 
 NOTE_ADD = """
 mutation KlarnaOmNote($order: ID!, $message: String!) {
@@ -292,6 +317,15 @@ class SaleorClient:
         data = self._execute(ORDER_QUERY, {"id": order_id})
         raw = data.get("order")
         return parse_order(raw, metadata_key) if raw else None
+
+    def get_order_and_books(
+        self, order_id: str, metadata_key: str = "klarna_order_id"
+    ) -> tuple[ShopOrder | None, OrderBooks | None]:
+        """The order and its books (see :meth:`get_books`) in one query; (None, None) for an unknown order."""
+        raw = self._execute(ORDER_AND_BOOKS_QUERY, {"id": order_id, "key": metadata_key}).get("order")
+        if not raw:
+            return None, None
+        return parse_order(raw, metadata_key), tx_wire.parse_books(raw)
 
     def add_note(self, order_id: str, message: str) -> None:
         """orderNoteAdd; orderAddNote only on a Saleor that lacks orderNoteAdd (before 3.15)."""

@@ -29,6 +29,12 @@ class SaleorOrders:
         except SaleorError as exc:
             raise SaleorUnavailable(f"Saleor: {exc}") from None
 
+    def get_order_and_books(self, order_id: str, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
+        try:
+            return self.client.get_order_and_books(order_id, metadata_key)
+        except SaleorError as exc:
+            raise _unavailable(exc, "Saleor's order and books not read") from None
+
     def add_note(self, order_id: str, message: str) -> None:
         try:
             self.client.add_note(order_id, message)

@@ -83,6 +83,7 @@ logger = logging.getLogger(__name__)
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
 NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
 BOOKS_RECHECK_SECONDS = 60.0  # Saleor's books not kept this run (Saleor down, a request refused): again
+BOOKS_REFUSAL_RETRY_SECONDS = 600.0  # Saleor refused an installation its books: ask again after this long
 # After giving up, the order is checked again on its own (nothing stranded) at this many retry
 # bases, at most 15 minutes; the open exception tells the admin meanwhile.
 GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 3000.0, 900.0
@@ -117,6 +118,8 @@ class SyncDeps:
     retry_base: float = 2.0
     now: Callable[[], datetime] = _utcnow
     monotonic: Callable[[], float] = time.monotonic
+    # (saleor_api_url, app id) -> when (``monotonic``) Saleor last refused that installation its books.
+    books_refused: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,14 +198,14 @@ class _Run:
         any_channel = channels.get(ANY_CHANNEL)
         metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
         try:
-            order = self.saleor.get_order(self.job.order_id, metadata_key)
-            source = None
-            if order is not None:
-                found = channels.get(order.channel_slug, any_channel)
-                options = found.options if found else Options()
-                source, self.books = booking.source_of(self.saleor, order, metadata_key, self.snapshot.app_id, options)
+            order, self.books = self._read_order(metadata_key)
         except SaleorUnavailable as exc:
             raise Transient(str(exc)) from None
+        source = None
+        if order is not None:
+            found = channels.get(order.channel_slug, any_channel)
+            options = found.options if found else Options()
+            source = booking.source_of(order, self.books, self.snapshot.app_id, options)
         if order is None or source is None or not source.acts:
             # Not a Klarna order, or another app's Klarna payment: nothing is written (issue 9 item 1c).
             self.outcome.skipped = (
@@ -229,6 +232,25 @@ class _Run:
             self._sync_klarna(self.merchant)
         self._resolve_settled()
         self._deliver_and_finish()
+
+    def _read_order(self, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
+        """The order with its books in one read; the order alone (books None) where Saleor refuses the books.
+
+        A refusal is remembered for the installation (:attr:`SyncDeps.books_refused`), so the refused
+        query is sent again only every :data:`BOOKS_REFUSAL_RETRY_SECONDS` (the merchant may grant
+        HANDLE_PAYMENTS meanwhile).
+        """
+        installation, now = (self.job.saleor_api_url, self.snapshot.app_id), self.deps.monotonic()
+        refused_at = self.deps.books_refused.get(installation)
+        if refused_at is None or now - refused_at >= BOOKS_REFUSAL_RETRY_SECONDS:
+            try:
+                read = self.saleor.get_order_and_books(self.job.order_id, metadata_key)
+            except BooksUnavailable:
+                self.deps.books_refused[installation] = now
+            else:
+                self.deps.books_refused.pop(installation, None)
+                return read
+        return self.saleor.get_order(self.job.order_id, metadata_key), None
 
     def _sync_klarna(self, merchant: MerchantSettings) -> None:
         # Klarna is read on every run, whatever the mapping says for the status: a scheduled check

@@ -474,6 +474,7 @@ class InMemorySaleor:
     app: AppRef = field(default_factory=lambda: AppRef("QXBwOjE=", "app.klarna-om.saleor", "Klarna OM"))
     transactions: dict[str, list[SaleorTransaction]] = field(default_factory=dict)  # by order id
     private_ids: dict[str, str | None] = field(default_factory=dict)  # else the order's klarna_order_id
+    books_refused: int = 0  # reads and writes of the books refused (no HANDLE_PAYMENTS)
 
     def _check(self) -> None:
         if self.unavailable > 0:
@@ -498,13 +499,23 @@ class InMemorySaleor:
     def _books_check(self) -> None:
         self._check()
         if not self.handle_payments:
+            self.books_refused += 1
             raise BooksUnavailable("the app lacks HANDLE_PAYMENTS")
+
+    def get_order_and_books(self, order_id: str, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
+        self._books_check()
+        order = self.orders.get(order_id)
+        if order is None:
+            return None, None
+        return replace(order, notes=frozenset(self.notes.get(order_id, []))), self._books(order)
 
     def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None:
         self._books_check()
         order = self.orders.get(order_id)
-        if order is None:
-            return None
+        return self._books(order) if order else None
+
+    def _books(self, order: ShopOrder) -> OrderBooks:
+        order_id = order.id
         return OrderBooks(
             order_id=order.id, number=order.number, checkout_id=None, channel_slug=order.channel_slug,
             currency=order.currency, total_gross=order.total_gross,

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from plugin.domain.transactions import ActionKind, AppRef, EventType, SaleorTransaction
 from plugin.services.ports import SaleorUnavailable
-from plugin.services.sync import BOOKS_RECHECK_SECONDS, SyncDeps, sync_order
+from plugin.services.sync import BOOKS_RECHECK_SECONDS, BOOKS_REFUSAL_RETRY_SECONDS, SyncDeps, sync_order
 from tests.unit.test_books_property import ORDER, TOTAL, Shop
 
 
@@ -91,3 +91,27 @@ def test_a_refused_charge_is_closed_as_a_failure_with_the_reason() -> None:
     [tx] = shop.saleor.transactions[ORDER]
     [failure] = [e for e in tx.events if e.type is EventType.CHARGE_FAILURE]
     assert "remains authorized" in failure.message and shop.klarna.performed == []
+
+
+def test_a_refused_books_read_is_asked_again_only_every_ten_minutes() -> None:
+    # given an installation without HANDLE_PAYMENTS and one worker process (one SyncDeps)
+    shop = Shop()
+    shop.saleor.handle_payments = False
+    deps = _deps(shop)
+
+    def sync_after(seconds: float) -> None:
+        shop.ledger.clock += seconds
+        shop.ledger.enqueue(ORDER)
+        [job] = shop.ledger.claim("w", lease_seconds=60, limit=1)
+        sync_order(deps, job)
+
+    # when the order is synced, then again a minute later
+    sync_after(0)
+    sync_after(60)
+    # then Saleor was asked for the books once; the second run read the order alone
+    assert shop.saleor.books_refused == 1 and shop.saleor.transactions == {}
+    # when the merchant grants HANDLE_PAYMENTS, a run ten minutes after the refusal asks again and keeps the books
+    shop.saleor.handle_payments = True
+    sync_after(BOOKS_REFUSAL_RETRY_SECONDS - 60)
+    [tx] = shop.saleor.transactions[ORDER]
+    assert tx.psp_reference == shop.kid and deps.books_refused == {}

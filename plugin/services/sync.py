@@ -74,6 +74,7 @@ from plugin.services.ports import (
     SaleorPort,
     SaleorUnavailable,
     Transient,
+    Written,
 )
 
 __all__ = ["LeaseLost", "Outcome", "SyncDeps", "Transient", "backoff", "idempotency_key", "sync_order"]
@@ -600,23 +601,21 @@ class _Run:
     # -- notes, summary, commits ---------------------------------------------------------------
 
     def _deliver_and_finish(self) -> None:
-        """Queue what the run decided, deliver the pending notes, and complete the job."""
+        """Queue what the run decided, write the pending notes and the summary, and complete the job."""
         write = self.merchant is None or self.merchant.options.write_notes
         if not write:
             self.pending.notes_skipped.extend(self.notes)
             self.pending.skip_notes = True
             self.notes.clear()
             self._commit(job=self._finish())
-            self._write_summary()
+            self._write_order()
             return
         if self.pending.empty and not self.notes:
             self._commit(job=self._finish())
-            self._write_summary()
+            self._write_order()
             return
         self._commit()
-        self._write_summary()
-        if self.notes:
-            self._deliver_notes()
+        self._write_order()
         self._commit(job=self._finish())
 
     def _finish(self) -> Finish:
@@ -625,20 +624,44 @@ class _Run:
             again_in = min(again_in or NOTE_RECHECK_SECONDS, NOTE_RECHECK_SECONDS)
         return Finish(again_in=again_in)
 
-    def _deliver_notes(self) -> None:
-        saleor = self.saleor
+    def _write_order(self) -> None:
+        """The pending notes and the summary metadata, in one request to Saleor where both are due.
+
+        Each note Saleor took is marked written; one it refused, or every one when the request failed as
+        a whole (what Saleor took is unknown), stays pending and the run is retried: a note already on
+        the order is recognised then and not written twice. The summary is best effort.
+        """
         on_order = self.order.notes if self.order is not None else frozenset()
-        for note in sorted(self.notes.values(), key=lambda n: n.id):
-            self._ensure_lease()
-            if note.message not in on_order:  # else written by a run that died before recording it
-                try:
-                    saleor.add_note(self.job.order_id, note.message)
-                except SaleorUnavailable as exc:
-                    self.pending.note_failures.append(note.id)
-                    raise Transient(str(exc), progressed=self.progressed) from None
-            del self.notes[note.id]
-            self.pending.notes_written.append(note.id)
-            self.progressed = True
+        notes = sorted(self.notes.values(), key=lambda n: n.id)
+        for note in notes:
+            if note.message in on_order:  # written by a run that died before recording it
+                self._written(note)
+        notes = [n for n in notes if n.message not in on_order]
+        summary = self._summary()
+        if not notes and summary is None:
+            return
+        self._ensure_lease()
+        try:
+            written = self.saleor.write_order(self.job.order_id, [n.message for n in notes], summary)
+        except SaleorUnavailable as exc:
+            written, failure = Written(), str(exc)
+        else:
+            failure = "Saleor refused a note"
+        if summary is not None and not written.metadata:
+            logger.warning("order summary metadata not written", extra=self._log_extra())
+        taken = written.notes + (False,) * (len(notes) - len(written.notes))
+        for note, ok in zip(notes, taken, strict=True):
+            if ok:
+                self._written(note)
+            else:
+                self.pending.note_failures.append(note.id)
+        if not all(taken):
+            raise Transient(failure, progressed=self.progressed)
+
+    def _written(self, note: QueuedNote) -> None:
+        del self.notes[note.id]
+        self.pending.notes_written.append(note.id)
+        self.progressed = True
 
     def _ensure_lease(self) -> None:
         """A worker that may have lost its lease writes nothing to Saleor: renew it if half of it is used."""
@@ -661,26 +684,22 @@ class _Run:
             self.notes[note.id] = note
         return committed
 
-    def _write_summary(self) -> None:
-        """Private metadata on the order (best effort: the ledger stays the record)."""
+    def _summary(self) -> dict[str, str] | None:
+        """The order's private-metadata summary where the run performed something (the ledger stays the record)."""
         state, order = self.klarna_state, self.order
         if state is None or order is None or not self.outcome.performed:
-            return
+            return None
         done = [op for op in sorted(self.ops.values(), key=lambda o: o.id) if op.state is OperationState.SUCCEEDED]
         captured = max(state.captured, sum(op.amount for op in done if op.kind is OperationKind.CAPTURE))
         refunded = max(state.refunded, sum(op.amount for op in done if op.kind is OperationKind.REFUND))
         last = done[-1].kind if done else None
         status = state.status if self.fresh or last is None else SUMMARY_STATUS.get(last, state.status)
-        summary = {
+        return {
             "klarna_om.order_id": self._klarna_id,
             "klarna_om.status": status,
             "klarna_om.captured": format_minor(captured, order.currency),
             "klarna_om.refunded": format_minor(refunded, order.currency),
         }
-        try:
-            self.saleor.set_private_metadata(order.id, summary)
-        except SaleorUnavailable:
-            logger.warning("order summary metadata not written", extra=self._log_extra())
 
     # -- Saleor's books and the dashboard's requests (plugin/services/booking.py) -------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,6 +59,7 @@ from plugin.services.ports import (
     OperationResult,
     SaleorPort,
     SaleorUnavailable,
+    Written,
 )
 
 # -- the ledger ----------------------------------------------------------------------------------
@@ -493,6 +494,20 @@ class InMemorySaleor:
     def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
         self._check()
         self.metadata.setdefault(object_id, {}).update(values)
+
+    def write_order(self, order_id: str, notes: Sequence[str], private_metadata: Mapping[str, str] | None) -> Written:
+        """A note failing fails the request as a whole (what was written is unknown to the caller);
+        the metadata failing fails only the metadata."""
+        for message in notes:
+            self.add_note(order_id, message)
+        taken = (True,) * len(notes)
+        if private_metadata is None:
+            return Written(taken)
+        try:
+            self.set_private_metadata(order_id, dict(private_metadata))
+        except SaleorUnavailable:
+            return Written(taken, metadata=False)
+        return Written(taken, metadata=True)
 
     # -- Saleor's books (amounts recomputed from the events, as Saleor does) --------------------
 

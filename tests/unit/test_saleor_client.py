@@ -92,9 +92,13 @@ DOCUMENTS = {
     "order and books": client_module.ORDER_AND_BOOKS_QUERY,
     "books": tx_wire.BOOKS_QUERY,
     "note": client_module.NOTE_ADD,
-    "summary": client_module.PRIVATE_METADATA,
+    "summary metadata": client_module.PRIVATE_METADATA,
     "transaction": tx_wire.TRANSACTION_CREATE,
     "report": tx_wire.EVENT_REPORT,
+    "notes and summary": client_module.write_document(2, True),
+    "a note": client_module.write_document(1, False),
+    "summary": client_module.write_document(0, True),
+    "legacy notes": client_module.write_document(2, False, legacy=True),
 }
 
 
@@ -149,3 +153,34 @@ def test_a_refused_transactions_field_is_books_unavailable_not_an_outage(
     wire.replace(responses.POST, API, status=502, body="bad gateway")
     with pytest.raises(SaleorUnavailable):
         port.get_order_and_books(ORDER, "klarna_order_id")
+
+
+def test_notes_and_summary_are_one_request_answered_per_mutation(
+    wire: responses.RequestsMock, saleor: SaleorClient
+) -> None:
+    # Saleor answers each mutation on its own: the second note failed at the top level (null), the summary was refused.
+    wire.post(
+        API,
+        json={
+            "data": {"note0": {"errors": []}, "note1": None, "summary": {"errors": [{"code": "NOT_FOUND"}]}},
+            "errors": [{"message": "Internal error", "path": ["note1"]}],
+        },
+    )
+    taken = saleor.write_order(ORDER, ["first", "second"], {"klarna_om.status": "CAPTURED"})
+    assert taken == ((True, False), False)
+    [call] = wire.calls
+    assert json.loads(call.request.body)["variables"] == {
+        "order": ORDER, "note0": "first", "note1": "second",
+        "summary": [{"key": "klarna_om.status", "value": "CAPTURED"}],
+    }  # fmt: skip
+    wire.replace(responses.POST, API, status=502, body="bad gateway")
+    with pytest.raises(SaleorError):  # nothing known of what Saleor took
+        saleor.write_order(ORDER, ["first"], None)
+
+
+def test_a_saleor_before_3_15_gets_the_notes_as_order_add_note(wire: responses.RequestsMock, saleor: SaleorClient) -> None:
+    missing = 'Cannot query field "orderNoteAdd" on type "Mutation". Did you mean "orderAddNote"?'
+    wire.post(API, status=400, json={"errors": [{"message": missing}]})
+    wire.post(API, json={"data": {"note0": {"errors": []}}})
+    assert saleor.write_order(ORDER, ["first"], None) == ((True,), False)
+    assert "orderAddNote" in json.loads(wire.calls[1].request.body)["query"] and not saleor.has_note_add

@@ -178,7 +178,9 @@ def test_notes_and_summary_are_one_request_answered_per_mutation(
         saleor.write_order(ORDER, ["first"], None)
 
 
-def test_a_saleor_before_3_15_gets_the_notes_as_order_add_note(wire: responses.RequestsMock, saleor: SaleorClient) -> None:
+def test_a_saleor_before_3_15_gets_the_notes_as_order_add_note(
+    wire: responses.RequestsMock, saleor: SaleorClient
+) -> None:
     missing = 'Cannot query field "orderNoteAdd" on type "Mutation". Did you mean "orderAddNote"?'
     wire.post(API, status=400, json={"errors": [{"message": missing}]})
     wire.post(API, json={"data": {"note0": {"errors": []}}})

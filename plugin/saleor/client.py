@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,24 +35,49 @@ from plugin.saleor import transactions as tx_wire
 
 logger = logging.getLogger(__name__)
 
-ORDER_QUERY = """
+ORDER_FIELDS = """
+fragment KlarnaOmOrderFields on Order {
+  id number status
+  channel { slug currencyCode }
+  total { gross { amount currency } }
+  shippingPrice { gross { amount } tax { amount } }
+  lines { id productName variantName productSku quantity taxRate
+          unitPrice { gross { amount } } totalPrice { gross { amount } } }
+  fulfillments { id fulfillmentOrder status trackingNumber lines { quantity orderLine { id } } }
+  transactions { name pspReference }
+  payments { gateway pspReference }
+  metadata { key value }
+  privateMetadata { key value }
+  events { type message }
+}
+"""
+
+ORDER_QUERY = (
+    """
 query KlarnaOmOrder($id: ID!) {
+  order(id: $id) { ...KlarnaOmOrderFields }
+}
+"""
+    + ORDER_FIELDS
+)
+
+# The order and its books in one read (what ORDER_QUERY and BOOKS_QUERY select). ``transactions``
+# needs MANAGE_ORDERS or HANDLE_PAYMENTS and is non-null: where Saleor refuses it, the error nulls
+# the whole ``order`` (PermissionDenied), so the caller falls back to ORDER_QUERY.
+ORDER_AND_BOOKS_QUERY = (
+    """
+query KlarnaOmOrderAndBooks($id: ID!, $key: String!) {
   order(id: $id) {
-    id number status
-    channel { slug currencyCode }
-    total { gross { amount currency } }
-    shippingPrice { gross { amount } tax { amount } }
-    lines { id productName variantName productSku quantity taxRate
-            unitPrice { gross { amount } } totalPrice { gross { amount } } }
-    fulfillments { id fulfillmentOrder status trackingNumber lines { quantity orderLine { id } } }
-    transactions { name pspReference }
-    payments { gateway pspReference }
-    metadata { key value }
-    privateMetadata { key value }
-    events { type message }
+    ...KlarnaOmOrderFields
+    checkoutId
+    klarnaOrderId: privateMetafield(key: $key)
+    transactions { ...KlarnaOmTransaction }
   }
 }
 """
+    + ORDER_FIELDS
+    + tx_wire.TRANSACTION_FIELDS
+)
 
 NOTE_ADD = """
 mutation KlarnaOmNote($order: ID!, $message: String!) {
@@ -70,6 +96,24 @@ mutation KlarnaOmSummary($id: ID!, $input: [MetadataInput!]!) {
   updatePrivateMetadata(id: $id, input: $input) { errors { field message code } }
 }
 """
+
+
+@functools.lru_cache(maxsize=32)
+def write_document(notes: int, metadata: bool, *, legacy: bool = False) -> str:
+    """One mutation document: ``note0``… (orderNoteAdd, or orderAddNote before 3.15) then ``summary``
+    (updatePrivateMetadata). Saleor runs a document's mutations one after the other, each with its own
+    answer (its ``errors``, or null with a top-level error), so one refused does not undo the others."""
+    field = "orderAddNote" if legacy else "orderNoteAdd"
+    params = ["$order: ID!", *(f"$note{i}: String!" for i in range(notes))]
+    body = [
+        f"  note{i}: {field}(order: $order, input: {{ message: $note{i} }}) {{ errors {{ field message code }} }}"
+        for i in range(notes)
+    ]
+    if metadata:
+        params.append("$summary: [MetadataInput!]!")
+        body.append("  summary: updatePrivateMetadata(id: $order, input: $summary) { errors { field message code } }")
+    return f"mutation KlarnaOmWrite({', '.join(params)}) {{\n" + "\n".join(body) + "\n}\n"
+
 
 APP_ID = "{ app { id } }"
 APP_PERMISSIONS = "query KlarnaOmPermissions { app { permissions { code } } }"
@@ -262,7 +306,8 @@ class SaleorClient:
         self._lock = threading.Lock()
         self.has_note_add = True
 
-    def _execute(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+    def _execute(self, document: str, variables: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+        """The answer's ``data``; with ``partial``, also where some fields failed (those are null)."""
         with self._lock:
             if self._session is None:
                 self._session = self._client.connect_sync()  # type: ignore[no-untyped-call]  # gql leaves it unannotated
@@ -271,6 +316,8 @@ class SaleorClient:
                 result: dict[str, Any] = self._session.execute(request)
                 return result
             except TransportQueryError as exc:
+                if partial and isinstance(exc.data, dict):
+                    return exc.data
                 raise SaleorError(f"GraphQL error: {exc.errors}") from None
             except (TransportError, requests.RequestException) as exc:
                 self._reset()
@@ -293,6 +340,15 @@ class SaleorClient:
         raw = data.get("order")
         return parse_order(raw, metadata_key) if raw else None
 
+    def get_order_and_books(
+        self, order_id: str, metadata_key: str = "klarna_order_id"
+    ) -> tuple[ShopOrder | None, OrderBooks | None]:
+        """The order and its books (see :meth:`get_books`) in one query; (None, None) for an unknown order."""
+        raw = self._execute(ORDER_AND_BOOKS_QUERY, {"id": order_id, "key": metadata_key}).get("order")
+        if not raw:
+            return None, None
+        return parse_order(raw, metadata_key), tx_wire.parse_books(raw)
+
     def add_note(self, order_id: str, message: str) -> None:
         """orderNoteAdd; orderAddNote only on a Saleor that lacks orderNoteAdd (before 3.15)."""
         if self.has_note_add:
@@ -306,6 +362,32 @@ class SaleorClient:
             data = self._execute(NOTE_ADD_LEGACY, {"order": order_id, "message": message})["orderAddNote"]
         if data is None or data.get("errors"):
             raise SaleorError(f"note refused: {data and data.get('errors')}")
+
+    def write_order(
+        self, order_id: str, notes: Sequence[str], private_metadata: Mapping[str, str] | None
+    ) -> tuple[tuple[bool, ...], bool]:
+        """The notes, then the private metadata, in one request (:func:`write_document`): which notes Saleor
+        took, and whether it took the metadata. Raises :class:`SaleorError` when the request failed as a whole."""
+        variables: dict[str, Any] = {"order": order_id, **{f"note{i}": m for i, m in enumerate(notes)}}
+        if private_metadata is not None:
+            variables["summary"] = [{"key": k, "value": v} for k, v in private_metadata.items()]
+        shape = (len(notes), private_metadata is not None)
+        data: dict[str, Any] | None = None
+        if self.has_note_add or not notes:
+            try:
+                data = self._execute(write_document(*shape), variables, partial=True)
+            except SaleorError as exc:
+                if "orderNoteAdd" not in str(exc) or "Cannot query field" not in str(exc):
+                    raise
+                self.has_note_add = False
+        if data is None:
+            data = self._execute(write_document(*shape, legacy=True), variables, partial=True)
+
+        def took(alias: str) -> bool:
+            answer = data.get(alias)
+            return isinstance(answer, dict) and not answer.get("errors")
+
+        return tuple(took(f"note{i}") for i in range(len(notes))), private_metadata is not None and took("summary")
 
     def list_channels(self) -> list[dict[str, Any]]:
         """The shop's channels: ``[{"slug", "name", "currencyCode"}]``."""

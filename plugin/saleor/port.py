@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from plugin.domain.books import EventReport, TransactionDraft
 from plugin.domain.model import ShopOrder
 from plugin.domain.transactions import OrderBooks, ReportOutcome, SaleorTransaction
 from plugin.saleor.client import SaleorClient, SaleorError
-from plugin.services.ports import BooksUnavailable, SaleorUnavailable
+from plugin.services.ports import BooksUnavailable, SaleorUnavailable, Written
 
 
 def _unavailable(exc: SaleorError, what: str) -> Exception:
@@ -29,17 +31,18 @@ class SaleorOrders:
         except SaleorError as exc:
             raise SaleorUnavailable(f"Saleor: {exc}") from None
 
-    def add_note(self, order_id: str, message: str) -> None:
+    def get_order_and_books(self, order_id: str, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
         try:
-            self.client.add_note(order_id, message)
+            return self.client.get_order_and_books(order_id, metadata_key)
         except SaleorError as exc:
-            raise SaleorUnavailable(f"order note not written: {exc}") from None
+            raise _unavailable(exc, "Saleor's order and books not read") from None
 
-    def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None:
+    def write_order(self, order_id: str, notes: Sequence[str], private_metadata: Mapping[str, str] | None) -> Written:
         try:
-            self.client.set_private_metadata(object_id, values)
+            taken, metadata = self.client.write_order(order_id, notes, private_metadata)
         except SaleorError as exc:
-            raise SaleorUnavailable(f"metadata not written: {exc}") from None
+            raise SaleorUnavailable(f"order not written: {exc}") from None
+        return Written(taken, metadata)
 
     def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None:
         try:

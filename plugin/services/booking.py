@@ -41,39 +41,28 @@ from plugin.domain.transactions import (
     SourceKind,
     resolve_source,
 )
-from plugin.services.ports import BooksUnavailable, SaleorPort
 
 APP_IDENTIFIER = "app.klarna-om.saleor"  # manifest.json "id": Saleor's app_identifier, kept across reinstalls
 _CAPTURABLE = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
-def source_of(
-    saleor: SaleorPort, order: ShopOrder, metadata_key: str, app_id: str, options: Options
-) -> tuple[PaymentSource, OrderBooks | None]:
-    """Whose payment the order's Klarna order is, and Saleor's books (None when Saleor refuses them).
-
-    Raises :class:`plugin.services.ports.SaleorUnavailable` when Saleor does not answer.
-    """
-    try:
-        books = saleor.get_books(order.id, metadata_key)
-    except BooksUnavailable:
-        books = None
+def source_of(order: ShopOrder, books: OrderBooks | None, app_id: str, options: Options) -> PaymentSource:
+    """Whose payment the order's Klarna order is, from Saleor's books (None: Saleor refuses them)."""
     if books is None:
         # An older installation: act as before, with notes and metadata only.
         if order.klarna_order_id is None:
-            return PaymentSource(SourceKind.NONE, reason="not a Klarna order"), None
+            return PaymentSource(SourceKind.NONE, reason="not a Klarna order")
         return PaymentSource(
             SourceKind.NOTES_ONLY, order.klarna_order_id, books_kept_by="",
             reason="Saleor's books are not open to the app (HANDLE_PAYMENTS not granted)",
-        ), None  # fmt: skip
-    source = resolve_source(
+        )  # fmt: skip
+    return resolve_source(
         transactions=books.transactions,
         me=AppRef(app_id, APP_IDENTIFIER),
         private_klarna_id=books.private_klarna_id,
         allowed_apps=frozenset(options.allowed_payment_apps),
         payments=books.payments,
     )
-    return source, books
 
 
 def order_facts(order: ShopOrder, books: OrderBooks | None, source: PaymentSource, options: Options) -> OrderFacts:

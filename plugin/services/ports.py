@@ -7,7 +7,7 @@ Each port takes and returns domain types. Adapters implement them at the edge (`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,6 +76,14 @@ class LeaseLost(Exception):
 
 
 @dataclass(frozen=True)
+class Written:
+    """What Saleor took of one :meth:`SaleorPort.write_order`: each note (in the order given), and the metadata."""
+
+    notes: tuple[bool, ...] = ()
+    metadata: bool = False
+
+
+@dataclass(frozen=True)
 class OperationResult:
     """Klarna accepted the operation; ``resource_id`` is the capture or refund id where it makes one."""
 
@@ -103,8 +111,16 @@ class SaleorPort(Protocol):
     """One installation's Saleor, with the app's token. Every call raises :class:`SaleorUnavailable`."""
 
     def get_order(self, order_id: str, metadata_key: str) -> ShopOrder | None: ...
-    def add_note(self, order_id: str, message: str) -> None: ...
-    def set_private_metadata(self, object_id: str, values: dict[str, str]) -> None: ...
+    def get_order_and_books(self, order_id: str, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
+        """The order and its books in one read, (None, None) for an unknown order; raises
+        :class:`BooksUnavailable` where Saleor refuses the books (then :meth:`get_order` reads the order)."""
+        ...
+
+    def write_order(self, order_id: str, notes: Sequence[str], private_metadata: Mapping[str, str] | None) -> Written:
+        """The notes (in order), then the private metadata, in one request. Raises :class:`SaleorUnavailable`
+        when the request failed as a whole (what Saleor took of it is unknown)."""
+        ...
+
     # Saleor's books (issue 9). Each raises :class:`BooksUnavailable` without HANDLE_PAYMENTS.
     def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None: ...
     def create_transaction(self, order_id: str, draft: TransactionDraft) -> SaleorTransaction: ...

@@ -72,6 +72,7 @@ from plugin.services.ports import (
     SaleorPort,
     SaleorUnavailable,
     Transient,
+    Written,
 )
 
 __all__ = ["LeaseLost", "Outcome", "SyncDeps", "Transient", "backoff", "idempotency_key", "sync_order"]
@@ -81,6 +82,7 @@ logger = logging.getLogger(__name__)
 KEY_NAMESPACE = uuid.UUID("8a6f1c2e-6b1e-4c35-9d7a-0c6d9b4f2a10")
 NOTE_RECHECK_SECONDS = 300.0  # a note Saleor did not take yet: deliver it later
 BOOKS_RECHECK_SECONDS = 60.0  # Saleor's books not kept this run (Saleor down, a request refused): again
+BOOKS_REFUSAL_RETRY_SECONDS = 600.0  # Saleor refused an installation its books: ask again after this long
 # After giving up, the order is checked again on its own (nothing stranded) at this many retry
 # bases, at most 15 minutes; the open exception tells the admin meanwhile.
 GIVE_UP_RECHECK_BASES, GIVE_UP_RECHECK_MAX = 3000.0, 900.0
@@ -115,6 +117,8 @@ class SyncDeps:
     retry_base: float = 2.0
     now: Callable[[], datetime] = _utcnow
     monotonic: Callable[[], float] = time.monotonic
+    # (saleor_api_url, app id) -> when (``monotonic``) Saleor last refused that installation its books.
+    books_refused: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,14 +198,14 @@ class _Run:
         any_channel = channels.get(ANY_CHANNEL)
         metadata_key = any_channel.options.klarna_id_metadata_key if any_channel else "klarna_order_id"
         try:
-            order = self.saleor.get_order(self.job.order_id, metadata_key)
-            source = None
-            if order is not None:
-                found = channels.get(order.channel_slug, any_channel)
-                options = found.options if found else Options()
-                source, self.books = booking.source_of(self.saleor, order, metadata_key, self.snapshot.app_id, options)
+            order, self.books = self._read_order(metadata_key)
         except SaleorUnavailable as exc:
             raise Transient(str(exc)) from None
+        source = None
+        if order is not None:
+            found = channels.get(order.channel_slug, any_channel)
+            options = found.options if found else Options()
+            source = booking.source_of(order, self.books, self.snapshot.app_id, options)
         if order is None or source is None or not source.acts:
             # Not a Klarna order, or another app's Klarna payment: nothing is written (issue 9 item 1c).
             self.outcome.skipped = (
@@ -231,6 +235,25 @@ class _Run:
             self._sync_klarna(self.merchant)
         self._resolve_settled()
         self._deliver_and_finish()
+
+    def _read_order(self, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
+        """The order with its books in one read; the order alone (books None) where Saleor refuses the books.
+
+        A refusal is remembered for the installation (:attr:`SyncDeps.books_refused`), so the refused
+        query is sent again only every :data:`BOOKS_REFUSAL_RETRY_SECONDS` (the merchant may grant
+        HANDLE_PAYMENTS meanwhile).
+        """
+        installation, now = (self.job.saleor_api_url, self.snapshot.app_id), self.deps.monotonic()
+        refused_at = self.deps.books_refused.get(installation)
+        if refused_at is None or now - refused_at >= BOOKS_REFUSAL_RETRY_SECONDS:
+            try:
+                read = self.saleor.get_order_and_books(self.job.order_id, metadata_key)
+            except BooksUnavailable:
+                self.deps.books_refused[installation] = now
+            else:
+                self.deps.books_refused.pop(installation, None)
+                return read
+        return self.saleor.get_order(self.job.order_id, metadata_key), None
 
     def _sync_klarna(self, merchant: MerchantSettings) -> None:
         # Klarna is read on every run, whatever the mapping says for the status: a scheduled check
@@ -588,23 +611,21 @@ class _Run:
     # -- notes, summary, commits ---------------------------------------------------------------
 
     def _deliver_and_finish(self) -> None:
-        """Queue what the run decided, deliver the pending notes, and complete the job."""
+        """Queue what the run decided, write the pending notes and the summary, and complete the job."""
         write = self.merchant is None or self.merchant.options.write_notes
         if not write:
             self.pending.notes_skipped.extend(self.notes)
             self.pending.skip_notes = True
             self.notes.clear()
             self._commit(job=self._finish())
-            self._write_summary()
+            self._write_order()
             return
         if self.pending.empty and not self.notes:
             self._commit(job=self._finish())
-            self._write_summary()
+            self._write_order()
             return
         self._commit()
-        self._write_summary()
-        if self.notes:
-            self._deliver_notes()
+        self._write_order()
         self._commit(job=self._finish())
 
     def _finish(self) -> Finish:
@@ -613,20 +634,44 @@ class _Run:
             again_in = min(again_in or NOTE_RECHECK_SECONDS, NOTE_RECHECK_SECONDS)
         return Finish(again_in=again_in)
 
-    def _deliver_notes(self) -> None:
-        saleor = self.saleor
+    def _write_order(self) -> None:
+        """The pending notes and the summary metadata, in one request to Saleor where both are due.
+
+        Each note Saleor took is marked written; one it refused, or every one when the request failed as
+        a whole (what Saleor took is unknown), stays pending and the run is retried: a note already on
+        the order is recognised then and not written twice. The summary is best effort.
+        """
         on_order = self.order.notes if self.order is not None else frozenset()
-        for note in sorted(self.notes.values(), key=lambda n: n.id):
-            self._ensure_lease()
-            if note.message not in on_order:  # else written by a run that died before recording it
-                try:
-                    saleor.add_note(self.job.order_id, note.message)
-                except SaleorUnavailable as exc:
-                    self.pending.note_failures.append(note.id)
-                    raise Transient(str(exc), progressed=self.progressed) from None
-            del self.notes[note.id]
-            self.pending.notes_written.append(note.id)
-            self.progressed = True
+        notes = sorted(self.notes.values(), key=lambda n: n.id)
+        for note in notes:
+            if note.message in on_order:  # written by a run that died before recording it
+                self._written(note)
+        notes = [n for n in notes if n.message not in on_order]
+        summary = self._summary()
+        if not notes and summary is None:
+            return
+        self._ensure_lease()
+        try:
+            written = self.saleor.write_order(self.job.order_id, [n.message for n in notes], summary)
+        except SaleorUnavailable as exc:
+            written, failure = Written(), str(exc)
+        else:
+            failure = "Saleor refused a note"
+        if summary is not None and not written.metadata:
+            logger.warning("order summary metadata not written", extra=self._log_extra())
+        taken = written.notes + (False,) * (len(notes) - len(written.notes))
+        for note, ok in zip(notes, taken, strict=True):
+            if ok:
+                self._written(note)
+            else:
+                self.pending.note_failures.append(note.id)
+        if not all(taken):
+            raise Transient(failure, progressed=self.progressed)
+
+    def _written(self, note: QueuedNote) -> None:
+        del self.notes[note.id]
+        self.pending.notes_written.append(note.id)
+        self.progressed = True
 
     def _ensure_lease(self) -> None:
         """A worker that may have lost its lease writes nothing to Saleor: renew it if half of it is used."""
@@ -654,26 +699,22 @@ class _Run:
             self.notes[note.id] = note
         return committed
 
-    def _write_summary(self) -> None:
-        """Private metadata on the order (best effort: the ledger stays the record)."""
+    def _summary(self) -> dict[str, str] | None:
+        """The order's private-metadata summary where the run performed something (the ledger stays the record)."""
         state, order = self.klarna_state, self.order
         if state is None or order is None or not self.outcome.performed:
-            return
+            return None
         done = [op for op in sorted(self.ops.values(), key=lambda o: o.id) if op.state is OperationState.SUCCEEDED]
         captured = max(state.captured, sum(op.amount for op in done if op.kind is OperationKind.CAPTURE))
         refunded = max(state.refunded, sum(op.amount for op in done if op.kind is OperationKind.REFUND))
         last = done[-1].kind if done else None
         status = state.status if self.fresh or last is None else SUMMARY_STATUS.get(last, state.status)
-        summary = {
+        return {
             "klarna_om.order_id": self._klarna_id,
             "klarna_om.status": status,
             "klarna_om.captured": format_minor(captured, order.currency),
             "klarna_om.refunded": format_minor(refunded, order.currency),
         }
-        try:
-            self.saleor.set_private_metadata(order.id, summary)
-        except SaleorUnavailable:
-            logger.warning("order summary metadata not written", extra=self._log_extra())
 
     # -- Saleor's books and the dashboard's requests (plugin/services/booking.py) -------------------
 

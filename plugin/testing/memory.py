@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,6 +59,7 @@ from plugin.services.ports import (
     OperationResult,
     SaleorPort,
     SaleorUnavailable,
+    Written,
 )
 
 # -- the ledger ----------------------------------------------------------------------------------
@@ -477,6 +478,7 @@ class InMemorySaleor:
     app: AppRef = field(default_factory=lambda: AppRef("QXBwOjE=", "app.klarna-om.saleor", "Klarna OM"))
     transactions: dict[str, list[SaleorTransaction]] = field(default_factory=dict)  # by order id
     private_ids: dict[str, str | None] = field(default_factory=dict)  # else the order's klarna_order_id
+    books_refused: int = 0  # reads and writes of the books refused (no HANDLE_PAYMENTS)
 
     def _check(self) -> None:
         if self.unavailable > 0:
@@ -496,18 +498,42 @@ class InMemorySaleor:
         self._check()
         self.metadata.setdefault(object_id, {}).update(values)
 
+    def write_order(self, order_id: str, notes: Sequence[str], private_metadata: Mapping[str, str] | None) -> Written:
+        """A note failing fails the request as a whole (what was written is unknown to the caller);
+        the metadata failing fails only the metadata."""
+        for message in notes:
+            self.add_note(order_id, message)
+        taken = (True,) * len(notes)
+        if private_metadata is None:
+            return Written(taken)
+        try:
+            self.set_private_metadata(order_id, dict(private_metadata))
+        except SaleorUnavailable:
+            return Written(taken, metadata=False)
+        return Written(taken, metadata=True)
+
     # -- Saleor's books (amounts recomputed from the events, as Saleor does) --------------------
 
     def _books_check(self) -> None:
         self._check()
         if not self.handle_payments:
+            self.books_refused += 1
             raise BooksUnavailable("the app lacks HANDLE_PAYMENTS")
+
+    def get_order_and_books(self, order_id: str, metadata_key: str) -> tuple[ShopOrder | None, OrderBooks | None]:
+        self._books_check()
+        order = self.orders.get(order_id)
+        if order is None:
+            return None, None
+        return replace(order, notes=frozenset(self.notes.get(order_id, []))), self._books(order)
 
     def get_books(self, order_id: str, metadata_key: str) -> OrderBooks | None:
         self._books_check()
         order = self.orders.get(order_id)
-        if order is None:
-            return None
+        return self._books(order) if order else None
+
+    def _books(self, order: ShopOrder) -> OrderBooks:
+        order_id = order.id
         return OrderBooks(
             order_id=order.id, number=order.number, checkout_id=None, channel_slug=order.channel_slug,
             currency=order.currency, total_gross=order.total_gross,

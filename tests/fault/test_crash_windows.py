@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -54,13 +55,13 @@ def test_a_note_reaches_saleor_once_when_the_worker_dies_right_after_writing_it(
     # given a shipped order whose capture succeeded, and a worker that dies (SIGKILL, power loss)
     # the moment Saleor has accepted the capture's note, before it could record that
     order_id = _shipped_order(shop)
-    original = SaleorClient.add_note
+    original = SaleorClient.write_order
 
-    def add_note_then_die(self: SaleorClient, order: str, message: str) -> None:
-        original(self, order, message)
+    def write_then_die(self: SaleorClient, order: str, *args: Any) -> None:
+        original(self, order, *args)
         raise SystemExit("killed")  # a BaseException: nothing in the worker catches it, like a kill
 
-    monkeypatch.setattr(SaleorClient, "add_note", add_note_then_die)
+    monkeypatch.setattr(SaleorClient, "write_order", write_then_die)
     [job] = shop.worker.claim(1)
     with pytest.raises(SystemExit):
         shop.worker.process(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import event
@@ -29,6 +30,7 @@ def test_one_capture_takes_five_short_transactions(shop: Shop, capsys: Any) -> N
 
     event.listen(engine, "commit", on_commit)
     event.listen(engine, "before_cursor_execute", on_statement)
+    saleor_before = len(shop.saleor.graphql_requests)
     try:
         # when one worker claims and syncs it
         [job] = shop.worker.claim(1)
@@ -47,5 +49,14 @@ def test_one_capture_takes_five_short_transactions(shop: Shop, capsys: Any) -> N
     # outcome 3; delivery and completion 2; the Klarna rate limit 5 (a take per call: the read, the
     # capture, the read after it; the bucket created on the first)
     assert counts["statements"] <= 20, counts
+    # Saleor: one read (the order with its books), the capture booked on the app's transaction,
+    # and one write (the note and the summary metadata).
+    operations = [_operation(r["query"]) for r in shop.saleor.graphql_requests[saleor_before:]]
+    assert operations == ["KlarnaOmOrderAndBooks", "KlarnaOmReport", "KlarnaOmWrite"], operations
     with capsys.disabled():
-        print(f"\n[hot path] one capture: {counts}")
+        print(f"\n[hot path] one capture: {counts}; Saleor calls {len(operations)}: {operations}")
+
+
+def _operation(query: str | None) -> str:
+    found = re.search(r"(?:query|mutation)\s+(\w+)", query or "")
+    return found.group(1) if found else "?"

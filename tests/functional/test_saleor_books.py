@@ -33,6 +33,8 @@ def me(shop: Shop) -> AppRef:
 def test_books_read_the_owner_and_only_private_metadata(shop: Shop, client: SaleorClient) -> None:
     own_id, klarna_id = shop.order()
     books = client.get_books(own_id)
+    # The worker's one read (the order with its books) reads what the two queries read.
+    assert client.get_order_and_books(own_id) == (client.get_order(own_id), books)
     assert books is not None and books.currency == "USD" and books.total_gross == 13000
     [tx] = books.transactions
     assert tx.owner == AppRef(shop.saleor.app_id or "", "app.klarna-om.saleor", "Klarna Order Management")

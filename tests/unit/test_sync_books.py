@@ -14,7 +14,7 @@ from plugin.domain.requests import RequestState
 from plugin.domain.states import OperationState
 from plugin.domain.transactions import ActionKind, AppRef, EventType, SaleorTransaction
 from plugin.services.ports import SaleorUnavailable
-from plugin.services.sync import BOOKS_RECHECK_SECONDS, SyncDeps, sync_order
+from plugin.services.sync import BOOKS_RECHECK_SECONDS, BOOKS_REFUSAL_RETRY_SECONDS, SyncDeps, sync_order
 from tests.unit.test_books_property import ORDER, SHIPPING, TOTAL, Shop
 
 
@@ -219,3 +219,27 @@ def test_a_charge_for_another_amount_is_captured_by_amount_and_counted_by_the_pl
     shop.run()
     [capture] = shop.klarna.orders[shop.kid].captures
     assert (capture.reference, capture.amount, capture.lines) == (request.psp_reference, 2000, ())
+
+
+def test_a_refused_books_read_is_asked_again_only_every_ten_minutes() -> None:
+    # given an installation without HANDLE_PAYMENTS and one worker process (one SyncDeps)
+    shop = Shop()
+    shop.saleor.handle_payments = False
+    deps = _deps(shop)
+
+    def sync_after(seconds: float) -> None:
+        shop.ledger.clock += seconds
+        shop.ledger.enqueue(ORDER)
+        [job] = shop.ledger.claim("w", lease_seconds=60, limit=1)
+        sync_order(deps, job)
+
+    # when the order is synced, then again a minute later
+    sync_after(0)
+    sync_after(60)
+    # then Saleor was asked for the books once; the second run read the order alone
+    assert shop.saleor.books_refused == 1 and shop.saleor.transactions == {}
+    # when the merchant grants HANDLE_PAYMENTS, a run ten minutes after the refusal asks again and keeps the books
+    shop.saleor.handle_payments = True
+    sync_after(BOOKS_REFUSAL_RETRY_SECONDS - 60)
+    [tx] = shop.saleor.transactions[ORDER]
+    assert tx.psp_reference == shop.kid and deps.books_refused == {}

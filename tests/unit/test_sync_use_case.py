@@ -8,7 +8,7 @@ notes are never stranded or doubled, and exceptions resolve or reopen as their s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -26,7 +26,7 @@ from plugin.domain.model import (
     ShopOrder,
 )
 from plugin.domain.states import ExceptionState, NoteState, OperationState
-from plugin.services.ports import KlarnaFailure, LeaseLost
+from plugin.services.ports import KlarnaFailure, LeaseLost, Written
 from plugin.services.sync import Outcome, SyncDeps, idempotency_key, sync_order
 from plugin.testing.memory import InMemoryKlarna, InMemoryLedger, InMemorySaleor
 
@@ -408,3 +408,30 @@ def test_the_use_case_imports_no_framework_and_no_adapter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_notes_and_summary_go_in_one_write_and_a_note_saleor_refused_is_retried_alone() -> None:
+    # given two shipments to capture, and Saleor refusing the first note of the first write only
+    rig = Rig()
+    kid = rig.shop(shipments=2)
+    original = rig.saleor.write_order
+    writes: list[tuple[list[str], bool]] = []
+
+    def write_order(order_id: str, notes: Sequence[str], private_metadata: Mapping[str, str] | None) -> Written:
+        writes.append((list(notes), private_metadata is not None))
+        if len(writes) == 1:
+            original(order_id, notes[1:], private_metadata)
+            return Written((False, True), metadata=True)
+        return original(order_id, notes, private_metadata)
+
+    rig.saleor.write_order = write_order  # type: ignore[method-assign]  # a partial answer from the in-memory port
+    # when the order is synced (and retried)
+    outcomes = rig.run()
+    # then the first run wrote both notes and the summary in one request; the refused note alone was
+    # written again by the retry, which captured nothing more
+    [(first, with_summary), (second, again)] = writes
+    assert len(first) == 2 and with_summary and second == first[:1] and not again
+    assert outcomes[0].retry_in is not None and len(rig.klarna.performed) == 2
+    assert sorted(rig.notes()) == sorted(first) and rig.saleor.metadata[ORDER]["klarna_om.order_id"] == kid
+    assert [n.state for n in rig.ledger.notes.values()] == [NoteState.WRITTEN, NoteState.WRITTEN]
+    assert [n.attempts for n in rig.ledger.notes.values()] == [1, 0]

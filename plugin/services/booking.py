@@ -6,7 +6,9 @@ Pure helpers over the ports' values; :mod:`plugin.services.sync` calls them at i
 * :func:`source_of` decides from Saleor's books which Klarna order the app acts on (never from the
   public metadata), falling back to today's reading when Saleor refuses the books (no HANDLE_PAYMENTS);
 * :func:`button_steps` turns the requests the webhook recorded (RECORDED) into planned operations,
-  in one table per action, and shows them to the status-driven plan so it counts them;
+  in one table per action, and shows them to the status-driven plan so it counts them (a charge
+  for exactly the first uncaptured shipment's value is that shipment's capture,
+  :func:`shipment_capture`);
 * :func:`order_facts` is what :func:`plugin.domain.transactions.check_match` compares Klarna with.
 """
 
@@ -121,7 +123,7 @@ def shipment_capture(
     first = next((op for op in planned.operations if op.kind is OperationKind.CAPTURE), None)
     if first is None or first.amount <= 0 or first.amount != request.amount:
         return None
-    return replace(first, tracking_number="", description=f"Captured from the dashboard: {first.description}")
+    return replace(first, description=f"Captured from the dashboard: {first.description}")
 
 
 def _charge(request: OpenRequest, order: ShopOrder, state: KlarnaOrder, judging: Judging) -> ButtonStep:

@@ -160,7 +160,11 @@ def missing_reports(
     gone, why = released_amount(klarna)
     cancel_psp = psp_for.get(klarna.id, klarna.id)
     already_cancelled = sum(a for (t, _), a in booked.items() if t == EventType.CANCEL_SUCCESS)
-    full = gone > 0 and (already_cancelled == 0 or (EventType.CANCEL_SUCCESS, cancel_psp) in booked)
+
+    def holds(psp: str) -> bool:  # a positive cancel is booked under psp (a request answered as done holds 0)
+        return booked.get((EventType.CANCEL_SUCCESS, psp), 0) > 0
+
+    full = gone > 0 and (already_cancelled == 0 or holds(cancel_psp))
     if full:
         wanted.append(
             EventReport(
@@ -173,7 +177,7 @@ def missing_reports(
         wanted.extend(
             EventReport(EventType.CANCEL_SUCCESS, psp, 0, f"{why} already; nothing more to cancel", portal_url, actions)
             for psp in cancel_requests
-            if not (full and psp == cancel_psp)
+            if not holds(psp) and not (full and psp == cancel_psp)
         )
     reports: list[EventReport] = []
     conflicts: list[Conflict] = []

@@ -284,6 +284,15 @@ def test_a_cancel_request_after_the_cancel_is_booked_is_answered_as_done_without
     assert missing_reports(order, tx(events=booked), request_psp=mapping, cancel_requests=["req-1", "req-2"]) == (
         BooksPlan()
     )
+    # The status's cancel under the Klarna order id, the request answered with 0: nothing more, ever.
+    answered = TransactionEvent("e2", EventType.CANCEL_SUCCESS, "req-1", 0)
+    mapping = request_psp_map(order, [(ActionKind.CANCEL, "req-1", "req-1")])
+    assert (
+        missing_reports(
+            order, tx(canceled=13000, events=(answered, done)), request_psp=mapping, cancel_requests=["req-1"]
+        )
+        == BooksPlan()
+    )
     # Nothing released in Klarna yet: no answer for the request.
     assert missing_reports(klarna(), tx(), cancel_requests=["req-1"]).reports == ()
 

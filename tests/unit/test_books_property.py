@@ -191,6 +191,11 @@ def test_any_interleaving_keeps_klarna_safe_and_saleors_books_equal(
     assert (booked[EventType.CHARGE_SUCCESS], booked[EventType.REFUND_SUCCESS]) == (state.captured, state.refunded)
     assert tx.charged == state.captured - state.refunded
     assert all(r.state is RequestState.REPORTED for r in shop.ledger.requests.values())
+    # Level-triggered at rest: another sync books nothing, and Saleor never refused or disagreed.
+    shop.ledger.enqueue(ORDER)
+    shop.run()
+    assert shop.saleor.transactions[ORDER][0].events == tx.events
+    assert [e.code for e in shop.ledger.exceptions.values() if e.code.startswith("BOOKS")] == []
 
 
 def test_a_charge_then_everything_shipped_captures_the_rest_and_books_it() -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from .model import (
+    OPEN_STATUSES,
     RETURNED,
     SHIPPED,
     Action,
@@ -60,7 +61,6 @@ UPDATE = OperationKind.UPDATE_AUTHORIZATION
 EDITABLE_STATUSES = frozenset({"DRAFT", "UNCONFIRMED"})
 CANCELLED_FULFILLMENT = "CANCELED"
 MAX_AUTHORIZATION_AGE = timedelta(days=180)  # Klarna: no authorization past 180 days after the purchase
-_OPEN = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 _FRAUD_STOP = frozenset({"REJECTED", "STOPPED"})
 _SHOP_CANCELLED = frozenset({"CANCELED", "EXPIRED"})
 
@@ -185,7 +185,7 @@ def next_check_at(order: ShopOrder, klarna: KlarnaOrder, options: Options, now: 
     The earliest of: the routine re-read (``recheck_hours``, to see drift), a pending fraud decision,
     the extension time, the 180-day warning, and the expiry itself (to report a lapse).
     """
-    if klarna.status not in _OPEN or klarna.remaining <= 0:
+    if klarna.status not in OPEN_STATUSES or klarna.remaining <= 0:
         return None
     times = [now + timedelta(hours=options.recheck_hours)]
     if klarna.fraud_status == "PENDING":
@@ -546,7 +546,7 @@ def _leftover(
         return None
     if Action.CAPTURE not in {Action(a) for a in mapping.values()}:
         return None  # the merchant captures by hand: leave the authorization alone
-    if view.status not in _OPEN or view.fraud_status != "ACCEPTED" or not _nothing_left_to_ship(order):
+    if view.status not in OPEN_STATUSES or view.fraud_status != "ACCEPTED" or not _nothing_left_to_ship(order):
         return None
     if view.expires_at is not None and view.expires_at <= now:
         return None
@@ -581,12 +581,12 @@ def _expiry(
         return format_minor(amount, order.currency)
 
     remaining = klarna.remaining - sum(op.amount for op in captures)
-    if klarna.status == "EXPIRED" or (klarna.status in _OPEN and klarna.expires_at <= now):
+    if klarna.status == "EXPIRED" or (klarna.status in OPEN_STATUSES and klarna.expires_at <= now):
         blocked.append(
             Blocked("AUTHORIZATION_EXPIRED", "the Klarna authorization has expired; what is left cannot be captured")
         )
         return None
-    if klarna.status not in _OPEN or remaining <= 0:
+    if klarna.status not in OPEN_STATUSES or remaining <= 0:
         return None
     limit = _limit(klarna)
     if limit is not None and now >= limit - timedelta(days=options.final_expiry_warning_days):

@@ -5,6 +5,7 @@ Every amount is an integer in minor units of ``currency``. Adapters build these;
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -43,6 +44,8 @@ DEFAULT_MAPPING: dict[str, Action] = {
 
 SHIPPED = frozenset({"FULFILLED"})
 RETURNED = frozenset({"RETURNED", "REFUNDED", "REFUNDED_AND_RETURNED"})
+# Klarna order statuses with an authorization left to capture, cancel or release.
+OPEN_STATUSES = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,19 @@ class RecordedLine:
     reference: str
     quantity: int
     amount: int
+
+
+def recorded_lines(lines: Iterable[Mapping[str, Any]] | None) -> tuple[RecordedLine, ...]:
+    """The ``order_lines`` of a capture or refund, as Klarna answers them or as a request body sends them."""
+    return tuple(
+        RecordedLine(
+            str(line.get("type") or "physical"),
+            str(line.get("reference") or ""),
+            int(line.get("quantity") or 0),
+            int(line.get("total_amount") or 0),
+        )
+        for line in lines or ()
+    )
 
 
 @dataclass(frozen=True)

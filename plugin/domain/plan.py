@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .model import (
+    OPEN_STATUSES,
     RETURNED,
     SHIPPED,
     Action,
@@ -41,7 +42,6 @@ SHIPPING_REFERENCE = "shipping"
 # A capture (refund) after one made from the dashboard by amount alone carries that amount back
 # as a negative line under this reference, so Klarna's records say how much of it is spent.
 PREPAID_REFERENCE = "prepaid"
-_CAPTURABLE = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
 def plan(
@@ -232,7 +232,7 @@ def _capture_gate(klarna: KlarnaOrder, now: datetime) -> Blocked | None:
     if klarna.status == "CANCELLED":
         return Blocked("KLARNA_CANCELLED", "the Klarna order is cancelled; nothing can be captured")
     expired = klarna.expires_at is not None and klarna.expires_at <= now
-    if klarna.status in ("EXPIRED", "CLOSED") or (expired and klarna.status in _CAPTURABLE):
+    if klarna.status in ("EXPIRED", "CLOSED") or (expired and klarna.status in OPEN_STATUSES):
         return Blocked("AUTHORIZATION_EXPIRED", "the Klarna authorization has expired; the shipment cannot be captured")
     if klarna.fraud_status == "PENDING":
         return Blocked(

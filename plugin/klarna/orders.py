@@ -5,26 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund, RecordedLine
+from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaOrderId, KlarnaRefund, recorded_lines
 
 
 def _time(value: str | None) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def recorded_lines(lines: list[dict[str, Any]] | None) -> tuple[RecordedLine, ...]:
-    """Klarna's order_lines of a capture or refund (or of a request body we sent)."""
-    return tuple(
-        RecordedLine(
-            str(line.get("type") or "physical"),
-            str(line.get("reference") or ""),
-            int(line.get("quantity") or 0),
-            int(line.get("total_amount") or 0),
-        )
-        for line in lines or []
-    )
 
 
 def parse_order(raw: dict[str, Any]) -> KlarnaOrder:

@@ -21,6 +21,7 @@ from datetime import datetime
 from plugin.domain.books import released_amount
 from plugin.domain.lifecycle import EDITABLE_STATUSES
 from plugin.domain.model import (
+    OPEN_STATUSES,
     Action,
     KlarnaCapture,
     KlarnaLine,
@@ -45,7 +46,6 @@ from plugin.domain.transactions import (
 )
 
 APP_IDENTIFIER = "app.klarna-om.saleor"  # manifest.json "id": Saleor's app_identifier, kept across reinstalls
-_CAPTURABLE = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
 def source_of(order: ShopOrder, books: OrderBooks | None, app_id: str, options: Options) -> PaymentSource:
@@ -129,8 +129,8 @@ def shipment_capture(
 def _charge(request: OpenRequest, order: ShopOrder, state: KlarnaOrder, judging: Judging) -> ButtonStep:
     if any(c.reference == request.reference for c in state.captures):
         return ButtonStep(request)  # done in an earlier run
-    if state.status not in _CAPTURABLE or request.amount > state.remaining:
-        left = _money(state.remaining if state.status in _CAPTURABLE else 0, state.currency)
+    if state.status not in OPEN_STATUSES or request.amount > state.remaining:
+        left = _money(state.remaining if state.status in OPEN_STATUSES else 0, state.currency)
         return ButtonStep(request, refusal=f"only {left} remains authorized in Klarna")
     shipment = shipment_capture(request, order, state, judging)
     if request.klarna_reference is not None:

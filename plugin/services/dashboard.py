@@ -19,15 +19,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from plugin.db.models import ChannelSettings, Installation, Operation, ProcessException, utcnow
-from plugin.domain.model import ORDER_STATUSES, Action, KlarnaOrder, Options
+from plugin.domain.model import OPEN_STATUSES, ORDER_STATUSES, Action, KlarnaOrder, Options, ShopOrder
 from plugin.domain.money import format_minor
 from plugin.domain.states import ExceptionState, OperationState, transition
-from plugin.domain.transactions import AppRef, SourceKind, resolve_source
+from plugin.domain.transactions import OrderBooks, PaymentSource, SourceKind
 from plugin.klarna.client import BASE_URLS, base_url
 from plugin.klarna.errors import KlarnaAuthError, KlarnaError, KlarnaNotFoundError, KlarnaTransportError
 from plugin.klarna.orders import parse_order
 from plugin.saleor.client import SaleorError
-from plugin.services.booking import APP_IDENTIFIER
+from plugin.services import booking
 from plugin.services.exceptions import retry_exception
 from plugin.services.merchant import (
     ANY_CHANNEL,
@@ -304,14 +304,13 @@ def klarna_json(order: KlarnaOrder) -> dict[str, Any]:
 
 
 EXPIRY_NEAR_DAYS = 7  # the widget warns this close to the authorization's expiry (or the channel's margin)
-_OPEN_IN_KLARNA = frozenset({"AUTHORIZED", "PART_CAPTURED"})
 
 
 def order_badge(
     shop_status: str | None, klarna: KlarnaOrder | None, open_count: int, options: Options, now: datetime
 ) -> dict[str, Any]:
     """What the widget's badge warns about (issue 10 §7), and whether the expiry means anything still."""
-    open_in_klarna = klarna is not None and klarna.status in _OPEN_IN_KLARNA and klarna.remaining > 0
+    open_in_klarna = klarna is not None and klarna.status in OPEN_STATUSES and klarna.remaining > 0
     warnings: list[dict[str, str]] = []
     if klarna is not None and shop_status == "FULFILLED" and klarna.status not in ("CAPTURED", "CANCELLED"):
         warnings.append({"code": "NOT_CAPTURED", "text": "Fulfilled, but not fully captured in Klarna"})
@@ -349,11 +348,7 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
         "operations": ops, **exceptions, "books": None, "fulfilled_uncaptured": False,
     }  # fmt: skip
     channel = ANY_CHANNEL
-    try:
-        shop_order = sources.saleor.get_order(order_id, metadata_key)
-    except Exception as exc:  # noqa: BLE001 - show the ledger even when Saleor cannot answer
-        view["saleor_error"] = str(exc)
-        shop_order = None
+    shop_order, books = _read_order(view, sources, order_id, metadata_key)
     if shop_order is not None:
         channel = shop_order.channel_slug or ANY_CHANNEL
         view["order"] = {"number": shop_order.number, "status": shop_order.status, "channel": shop_order.channel_slug}
@@ -361,7 +356,8 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
     with sources.db_transaction() as session:
         merchant = sources.store.get(session, saleor_api_url, channel)
     view["configured"] = bool(merchant and merchant.has_credentials)
-    _books(view, sources, order_id, metadata_key, AppRef(app_id or "", APP_IDENTIFIER), merchant)
+    if shop_order is not None and books is not None:
+        _books(view, booking.source_of(shop_order, books, app_id or "", merchant.options if merchant else Options()))
     klarna = None
     if merchant is not None and merchant.has_credentials and view["klarna_order_id"]:
         try:
@@ -378,21 +374,25 @@ def order_view(sources: OrderSources, saleor_api_url: str, order_id: str) -> dic
     return view
 
 
-def _books(
-    view: dict[str, Any], sources: OrderSources, order_id: str, key: str, me: AppRef, merchant: MerchantSettings | None
-) -> None:
-    """Whose books the payment is in (issue 9 item 5); the Klarna id only from a source a shopper cannot write."""
+def _read_order(
+    view: dict[str, Any], sources: OrderSources, order_id: str, key: str
+) -> tuple[ShopOrder | None, OrderBooks | None]:
+    """The order with its books in one read; the order alone where Saleor refuses the books (an older
+    installation); neither, with ``saleor_error``, when Saleor cannot answer (the ledger still shows)."""
     try:
-        books = sources.saleor.get_books(order_id, key)
-    except Exception:  # noqa: BLE001 - an older installation (no HANDLE_PAYMENTS) or Saleor down: as before
-        return
-    if books is None:
-        return
-    allowed = frozenset(merchant.options.allowed_payment_apps) if merchant else frozenset()
-    source = resolve_source(
-        transactions=books.transactions, me=me, private_klarna_id=books.private_klarna_id,
-        allowed_apps=allowed, payments=books.payments,
-    )  # fmt: skip
+        shop_order, books = sources.saleor.get_order_and_books(order_id, key)
+        return shop_order, books
+    except Exception:  # noqa: BLE001 - the books refused, or Saleor down: the order alone tells which
+        pass
+    try:
+        return sources.saleor.get_order(order_id, key), None
+    except Exception as exc:  # noqa: BLE001 - show the ledger even when Saleor cannot answer
+        view["saleor_error"] = str(exc)
+        return None, None
+
+
+def _books(view: dict[str, Any], source: PaymentSource) -> None:
+    """Whose books the payment is in (issue 9 item 5); the Klarna id only from a source a shopper cannot write."""
     view["books"] = {
         "kind": source.kind.value, "kept_by": source.books_kept_by, "reason": source.reason,
         "booked_here": source.books,

@@ -14,7 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from plugin.domain.ledger import LedgerOperation
-from plugin.domain.model import KlarnaCapture, KlarnaOrder, KlarnaRefund, PlannedOperation, RecordedLine, ShopOrder
+from plugin.domain.model import (
+    KlarnaCapture,
+    KlarnaOrder,
+    KlarnaRefund,
+    PlannedOperation,
+    RecordedLine,
+    ShopOrder,
+    recorded_lines,
+)
 from plugin.domain.money import format_minor
 from plugin.domain.states import OperationKind
 from plugin.services.ports import KlarnaPort, OperationResult
@@ -62,15 +70,7 @@ def _refund_body(op: PlannedOperation) -> Body:
 
 
 def _recorded_lines(body: Body | None) -> tuple[RecordedLine, ...]:
-    return tuple(
-        RecordedLine(
-            str(line.get("type") or "physical"),
-            str(line.get("reference") or ""),
-            int(line.get("quantity") or 0),
-            int(line.get("total_amount") or 0),
-        )
-        for line in (body or {}).get("order_lines") or []
-    )
+    return recorded_lines((body or {}).get("order_lines"))
 
 
 def _with_capture(state: KlarnaOrder, op: LedgerOperation) -> KlarnaOrder:

@@ -36,6 +36,7 @@ from plugin.domain.model import (
     MerchantSettings,
     RecordedLine,
     ShopOrder,
+    recorded_lines,
 )
 from plugin.domain.requests import OpenRequest, RequestState
 from plugin.domain.states import ExceptionState, NoteState, OperationState
@@ -320,10 +321,7 @@ class InMemoryLedger:
 
 
 def _recorded(body: Mapping[str, Any]) -> tuple[RecordedLine, ...]:
-    return tuple(
-        RecordedLine(str(line.get("type", "physical")), str(line.get("reference", "")), int(line["quantity"]), int(line["total_amount"]))
-        for line in body.get("order_lines") or []
-    )  # fmt: skip
+    return recorded_lines(body.get("order_lines"))
 
 
 @dataclass

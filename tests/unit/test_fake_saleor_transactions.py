@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from plugin.testing.saleor import STAFF_USER, FakeSaleor
-from tests.unit.test_fake_saleor import ORDER_A_LINES, SAMPLES, gql, needs_samples, parse_http
+from tests.unit.test_fake_saleor import ORDER_A_LINES, SAMPLES, differences, gql, needs_samples, parse_http
 
 SYNC_QUERY = (
     json.loads((SAMPLES / "gql-37-webhookCreate-transaction-actions.request.json").read_text())["variables"]["input"][
@@ -84,20 +84,6 @@ def order_with_transaction(fake: FakeSaleor, number: int, lines: list[dict], psp
     status, body = gql(fake, TX_CREATE["query"], variables, token=fake.app_token)
     assert status == 200 and body["data"]["transactionCreate"]["errors"] == []
     return order_id, body["data"]["transactionCreate"]["transaction"]["id"]
-
-
-def differences(ours, sample, path=""):  # ids, tokens and times cannot match
-    if isinstance(ours, dict) and isinstance(sample, dict):
-        if list(ours) != list(sample):
-            return [(path, list(ours), list(sample))]
-        return [d for k in ours for d in differences(ours[k], sample[k], f"{path}.{k}")]
-    if isinstance(ours, list) and isinstance(sample, list):
-        if len(ours) != len(sample):
-            return [(path, len(ours), len(sample))]
-        return [d for i, (a, b) in enumerate(zip(ours, sample, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
-    if ours != sample and not path.endswith((".id", "At", ".created", ".token")):
-        return [(path, ours, sample)]
-    return []
 
 
 def sample_body(number: int) -> dict:
